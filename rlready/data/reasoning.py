@@ -1,0 +1,93 @@
+"""Reasoning: arithmetic word problems with step-by-step solutions ending in ``#### <answer>``.
+
+These stand in for the paper's maths data (PAPER.md section 4): present in small amounts in pre-training,
+raised in mid-training, and the verifiable task of the RL stage. Problems are short on purpose so that
+prompt + solution fits in about 100 tokens for small models.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from rlready.data._sampling import in_heldout
+
+PEOPLE = [
+    ("Mia", "she"), ("Tom", "he"), ("Ava", "she"), ("Leo", "he"), ("Zoe", "she"), ("Sam", "he"),
+    ("Ivy", "she"), ("Max", "he"), ("Eva", "she"), ("Ben", "he"), ("Nora", "she"), ("Omar", "he"),
+]  # fmt: skip
+ITEMS = ["apples", "coins", "books", "marbles", "stickers", "shells", "cards", "pencils", "stamps", "eggs"]
+ADD_PHRASES = ["{p} buys {b} more.", "{p} finds {b} more.", "{p} is given {b} more.", "{p} wins {b} more."]
+SUB_PHRASES = ["{p} gives away {b}.", "{p} loses {b}.", "{p} sells {b}.", "{p} uses {b}."]
+MUL_PHRASES = ["Then the number of {items} is multiplied by {b}.", "Then {p} ends up with {b} times as many."]
+OPERATIONS = ("+", "-", "*")
+
+
+@dataclass(frozen=True)
+class ReasoningConfig:
+    """Difficulty knobs: number of operations per problem, operand range and allowed operations."""
+
+    min_steps: int = 1
+    max_steps: int = 3
+    max_operand: int = 20
+    max_multiplier: int = 3
+    operations: tuple[str, ...] = OPERATIONS
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_steps <= self.max_steps:
+            raise ValueError(f"need 1 <= min_steps <= max_steps, got {self.min_steps}, {self.max_steps}")
+        if self.max_operand < 2:
+            raise ValueError(f"max_operand must be >= 2, got {self.max_operand}")
+        if self.max_multiplier < 2:
+            raise ValueError(f"max_multiplier must be >= 2, got {self.max_multiplier}")
+        bad = set(self.operations) - set(OPERATIONS)
+        if not self.operations or bad:
+            raise ValueError(f"operations must be a non-empty subset of {OPERATIONS}, got {self.operations}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A word problem. ``prompt`` ends with ``A:``; ``solution`` is the completion, including the final
+    ``#### n`` line; ``answer`` is ``n`` as a string; ``key`` is the canonical arithmetic (e.g.
+    ``"5+3-2"``), shared by problems that differ only in names and objects."""
+
+    prompt: str
+    solution: str
+    answer: str
+    key: str
+
+
+def make_problem(rng: random.Random, config: ReasoningConfig) -> Problem:
+    """One random problem. Subtraction never goes below zero, so every answer is a non-negative integer."""
+    name, pronoun = rng.choice(PEOPLE)
+    items = rng.choice(ITEMS)
+    value = rng.randint(1, config.max_operand)
+    story = [f"{name} has {value} {items}."]
+    steps: list[str] = []
+    key = str(value)
+    for _ in range(rng.randint(config.min_steps, config.max_steps)):
+        op = rng.choice(config.operations)
+        if op == "-" and value < 2:
+            op = "+"  # nothing sensible to take away; keep the step count
+        if op == "+":
+            b = rng.randint(1, config.max_operand)
+            phrase, new = rng.choice(ADD_PHRASES), value + b
+        elif op == "-":
+            b = rng.randint(1, min(value, config.max_operand))
+            phrase, new = rng.choice(SUB_PHRASES), value - b
+        else:
+            b = rng.randint(2, config.max_multiplier)
+            phrase, new = rng.choice(MUL_PHRASES), value * b
+        text = phrase.format(p=pronoun, b=b, items=items)
+        story.append(text[0].upper() + text[1:])
+        steps.append(f"{value} {op} {b} = {new}.")
+        key += f"{op}{b}"
+        value = new
+    prompt = f"Q: {' '.join(story)} How many {items} does {name} have now?\nA:"
+    solution = f" {' '.join(steps)}\n#### {value}"
+    return Problem(prompt, solution, str(value), key)
+
+
+def is_heldout_problem(salt: str, problem: Problem, fraction: float) -> bool:
+    """Whether the problem's arithmetic belongs to the evaluation split (keyed by ``Problem.key``)."""
+    return in_heldout(salt, f"reasoning:{problem.key}", fraction)

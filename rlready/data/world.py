@@ -1,0 +1,222 @@
+"""The embedded synthetic world: training documents per stage and held-out evaluation splits.
+
+Pure Python and deterministic given ``WorldConfig.seed``, so a study needs no download and two runs with
+the same config see the same tokens. Three kinds of text:
+
+- knowledge (``knowledge.py``): biographies of invented people and Q/A drills about them;
+- language (``language.py``): sentences from a probabilistic grammar with many plausible next words;
+- reasoning (``reasoning.py``): arithmetic word problems with step-by-step solutions.
+
+Stage mixes follow the paper (PAPER.md section 4): pre-training is mostly knowledge and language with a
+little reasoning; mid-training is reasoning-heavy.
+
+Held-out items (knowledge questions, sentences, problems by canonical arithmetic) are chosen by a stable
+hash of the item (``_sampling.in_heldout``): training generation skips them and the evaluation splits
+draw only them, so the splits are disjoint however much text either side generates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from rlready.data import knowledge
+from rlready.data._sampling import in_heldout
+from rlready.data.language import Grammar
+from rlready.data.reasoning import Problem, ReasoningConfig, is_heldout_problem, make_problem
+
+T = TypeVar("T")
+Stage = Literal["pretrain", "midtrain"]
+Split = Literal["train", "eval"]
+STAGES = ("pretrain", "midtrain")
+SPLITS = ("train", "eval")
+_MAX_REJECTIONS = 10_000  # a split this rare means a degenerate config, not bad luck
+
+
+@dataclass(frozen=True)
+class StageMix:
+    """Relative weights of the three document kinds in one stage (normalised when sampling).
+    Defaults: pre-training (knowledge 0.5, language 0.45, reasoning 0.05); mid-training
+    (0.25, 0.15, 0.6), i.e. reasoning-heavy as in the paper."""
+
+    knowledge: float
+    language: float
+    reasoning: float
+
+    def __post_init__(self) -> None:
+        weights = (self.knowledge, self.language, self.reasoning)
+        if any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"stage mix weights must be >= 0 with a positive sum, got {weights}")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Everything that determines the synthetic world; the same config always yields the same text."""
+
+    seed: int = 0
+    n_entities: int = 200
+    n_cities: int = 30
+    heldout_fraction: float = 0.1
+    sentences_per_document: tuple[int, int] = (3, 8)
+    reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)
+    pretrain_mix: StageMix = field(default_factory=lambda: StageMix(0.5, 0.45, 0.05))
+    midtrain_mix: StageMix = field(default_factory=lambda: StageMix(0.25, 0.15, 0.6))
+
+    def __post_init__(self) -> None:
+        if self.n_entities < 1:
+            raise ValueError(f"n_entities must be >= 1, got {self.n_entities}")
+        if self.n_cities < 1:
+            raise ValueError(f"n_cities must be >= 1, got {self.n_cities}")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        lo, hi = self.sentences_per_document
+        if not 1 <= lo <= hi:
+            raise ValueError(f"sentences_per_document must be (lo, hi) with 1 <= lo <= hi, got {(lo, hi)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form; also the identity of generated data for the token cache."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WorldConfig:
+        """Inverse of ``to_dict``; accepts lists where tuples are expected (YAML/JSON have no tuples)."""
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown WorldConfig fields: {sorted(unknown)}")
+        kwargs = dict(data)
+        if "sentences_per_document" in kwargs:
+            kwargs["sentences_per_document"] = tuple(kwargs["sentences_per_document"])
+        if isinstance(kwargs.get("reasoning"), Mapping):
+            reasoning = dict(kwargs["reasoning"])
+            if "operations" in reasoning:
+                reasoning["operations"] = tuple(reasoning["operations"])
+            kwargs["reasoning"] = ReasoningConfig(**reasoning)
+        for name in ("pretrain_mix", "midtrain_mix"):
+            if isinstance(kwargs.get(name), Mapping):
+                kwargs[name] = StageMix(**kwargs[name])
+        return cls(**kwargs)
+
+
+class World:
+    """A synthetic world built from a ``WorldConfig``: its people, grammar and split rules."""
+
+    def __init__(self, config: WorldConfig | None = None) -> None:
+        self.config = config or WorldConfig()
+        self._salt = f"world{self.config.seed}"
+        rng = random.Random(f"{self.config.seed}:world")
+        self.entities = knowledge.make_entities(rng, self.config.n_entities, self.config.n_cities)
+        self.grammar = Grammar(rng)
+        frac = self.config.heldout_fraction
+        self._questions: dict[str, list[knowledge.Question]] = {"train": [], "eval": []}
+        for entity in self.entities:
+            for attribute in knowledge.ATTRIBUTES:
+                held = knowledge.is_heldout_question(self._salt, entity, attribute, frac)
+                self._questions["eval" if held else "train"].append(knowledge.question(entity, attribute))
+
+    # -- training documents -------------------------------------------------------------------------
+
+    def documents(
+        self, stage: Stage, *, n_documents: int | None = None, n_chars: int | None = None
+    ) -> Iterator[str]:
+        """Training documents for ``stage``: exactly ``n_documents`` of them, or as many as it takes to
+        reach at least ``n_chars`` characters (give exactly one of the two)."""
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        if (n_documents is None) == (n_chars is None):
+            raise ValueError("give exactly one of n_documents and n_chars")
+        limit = n_documents if n_documents is not None else n_chars
+        if limit is None or limit < 0:
+            raise ValueError(f"document/character count must be >= 0, got {limit}")
+        mix = self.config.pretrain_mix if stage == "pretrain" else self.config.midtrain_mix
+        kinds = (self._knowledge_document, self._language_document, self._reasoning_document)
+        weights = (mix.knowledge, mix.language, mix.reasoning)
+        rng = random.Random(f"{self.config.seed}:{stage}")
+        produced = 0
+        while produced < limit:
+            doc = rng.choices(kinds, weights=weights)[0](rng)
+            produced += 1 if n_documents is not None else len(doc)
+            yield doc
+
+    def _knowledge_document(self, rng: random.Random) -> str:
+        train_questions = self._questions["train"]
+        if train_questions and rng.random() < 0.3:
+            return knowledge.question_drill(rng, train_questions, rng.randint(3, 6))
+        return knowledge.biography(rng, rng.choice(self.entities))
+
+    def _language_document(self, rng: random.Random) -> str:
+        lo, hi = self.config.sentences_per_document
+        return " ".join(self._sentence(rng, "train") for _ in range(rng.randint(lo, hi)))
+
+    def _reasoning_document(self, rng: random.Random) -> str:
+        problems = (self._problem(rng, "train") for _ in range(rng.randint(1, 3)))
+        return "\n\n".join(p.prompt + p.solution for p in problems)
+
+    def _sentence(self, rng: random.Random, split: Split) -> str:
+        # Rejection keeps the distribution of each split the grammar's, conditioned on the split.
+        for _ in range(_MAX_REJECTIONS):
+            s = self.grammar.sentence(rng)
+            if in_heldout(self._salt, f"language:{s}", self.config.heldout_fraction) == (split == "eval"):
+                return s
+        raise ValueError(f"no {split} sentence found in {_MAX_REJECTIONS} draws: check heldout_fraction")
+
+    def _problem(self, rng: random.Random, split: Split) -> Problem:
+        for _ in range(_MAX_REJECTIONS):
+            p = make_problem(rng, self.config.reasoning)
+            if is_heldout_problem(self._salt, p, self.config.heldout_fraction) == (split == "eval"):
+                return p
+        raise ValueError(f"no {split} problem found in {_MAX_REJECTIONS} draws: widen the reasoning config")
+
+    # -- evaluation splits and RL prompts -----------------------------------------------------------
+
+    def knowledge_questions(self, split: Split = "eval") -> list[knowledge.Question]:
+        """All knowledge questions of ``split``. ``eval`` questions are never asked in training documents,
+        though their facts are stated there; ``train`` questions are the ones the drills use."""
+        _check_split(split)
+        return list(self._questions[split])
+
+    def language_sentences(self, n: int, split: Split = "eval") -> list[str]:
+        """``n`` distinct grammar sentences of ``split`` (``eval`` ones never occur in training text)."""
+        _check_split(split)
+        rng = random.Random(f"{self.config.seed}:language:{split}")
+        return _distinct(n, lambda: self._sentence(rng, split), lambda s: s, "sentences")
+
+    def reasoning_problems(self, n: int, split: Split = "train") -> list[Problem]:
+        """``n`` problems of ``split`` with distinct canonical arithmetic (``Problem.key``). ``train``
+        problems are for RL; ``eval`` ones share no key with any training document or RL prompt."""
+        _check_split(split)
+        rng = random.Random(f"{self.config.seed}:reasoning:{split}")
+        return _distinct(n, lambda: self._problem(rng, split), lambda p: p.key, "reasoning problems")
+
+
+def generate_documents(
+    config: WorldConfig, stage: Stage, *, n_documents: int | None = None, n_chars: int | None = None
+) -> Iterator[str]:
+    """Training documents of ``stage`` for the world ``config`` (see ``World.documents``)."""
+    return World(config).documents(stage, n_documents=n_documents, n_chars=n_chars)
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def _distinct(n: int, draw: Callable[[], T], key: Callable[[T], Hashable], what: str) -> list[T]:
+    """``n`` draws with distinct keys; fails clearly when the item space is too small for ``n``."""
+    if n < 0:
+        raise ValueError(f"number of {what} must be >= 0, got {n}")
+    items: list[T] = []
+    seen: set[Hashable] = set()
+    attempts = 0
+    while len(items) < n:
+        attempts += 1
+        if attempts > 100 * n + 1000:
+            raise ValueError(f"only {len(items)} distinct {what} found for {n} requested: widen the world")
+        item = draw()
+        k = key(item)
+        if k not in seen:
+            seen.add(k)
+            items.append(item)
+    return items
