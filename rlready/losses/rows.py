@@ -1,0 +1,162 @@
+"""Row math shared by the logits op and the fused linear op (PAPER.md §3).
+
+For one block of logit rows ``z [n, V]`` (already in the compute dtype) it computes, in a fixed small number
+of passes over ``[n, V]``:
+
+1. ``amax``                      the row maximum (for the log-sum-exp and top-1 accuracy);
+2. ``softmax``                   ``p`` (one fused ATen kernel, also the buffer the gradient is written into);
+3. ``amax`` of ``p``             ``lse = z_max - log(max p)``, exact to rounding, without a separate
+                                 log-sum-exp pass (``max p = 1 / sum exp(z - z_max)``);
+4. ``topk``  (only if needed)    the head ``K_t``, when ``lam_head != lam_tail`` or statistics are requested;
+5. ``vecdot(p, z)`` (if needed)  ``sum_a p_a z_a`` for the tail term of the value and the entropy;
+6. ``sum(z)`` (label smoothing)  for ``sum_a log p_a``.
+
+Everything else is per row (``[n]``) or per head entry (``[n, k]``). The logit gradient
+``dL/dz_j = p_j S - w_j`` is then one in-place scaling of ``p`` plus two scatters (``logit_grad``): every
+non-target entry is ``p_j`` times a per-row constant, ``S - lam_head`` in the head and ``S - lam_tail`` in
+the tail (NOTES.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from .schemes import TokenWeighting
+
+
+class Rows(NamedTuple):
+    p: torch.Tensor  # [n, V] softmax probabilities (becomes the gradient in logit_grad)
+    targets: torch.Tensor  # [n] targets with ignored rows mapped to 0
+    valid: torch.Tensor  # [n] bool
+    loss: torch.Tensor  # [n] surrogate value, 0 on ignored rows
+    coef: torch.Tensor  # [n] S - lam_tail: the gradient factor of every tail entry
+    target_fix: torch.Tensor  # [n] added at the target:  p_x * lam_x - (1 - eps) f(p_x)
+    head_idx: torch.Tensor | None  # [n, k] indices of the top-k
+    head_fix: torch.Tensor | None  # [n, k] added at the head: p_j * (lam_tail - lam_head)
+    stats: torch.Tensor | None  # [5, n]: ce, entropy, correct, head mass, valid
+
+
+def _log_target_weight(logp_x: torch.Tensor, w: TokenWeighting) -> torch.Tensor:
+    """``log f(p_x)`` with ``f = p_x ** (alpha + 1 - (1 - p_x) ** beta) * (1 - p_x) ** gamma``.
+
+    ``1 - (1 - p)**beta`` is computed as ``-expm1(beta * log1m)`` with ``log1m = log(-expm1(log p))``: exact
+    at ``p -> 0`` (where it is ``~ beta * p``) and at ``p -> 1``. For ``beta < -1`` the reward has no bound as
+    ``p_x -> 1`` (PAPER.md §2); ``log f`` is capped at ``log(finfo.max) / 2`` there so that it stays finite.
+    """
+    cap = math.log(torch.finfo(logp_x.dtype).max) / 2.0
+    log_f = logp_x * w.alpha if w.alpha != 0.0 else torch.zeros_like(logp_x)
+    if w.beta != 0.0 or w.gamma != 0.0:
+        tiny = torch.finfo(logp_x.dtype).tiny
+        log1m = torch.log(-torch.expm1(logp_x.clamp(max=-tiny)))  # log(1 - p_x), finite
+        if w.beta != 0.0:
+            log_f = log_f - logp_x * torch.expm1((w.beta * log1m).clamp(max=cap))
+        if w.gamma != 0.0:
+            log_f = log_f + w.gamma * log1m
+    return log_f.clamp(max=cap)
+
+
+def shaped_rows(
+    z: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int,
+    w: TokenWeighting,
+    *,
+    need_stats: bool,
+) -> Rows:
+    n, V = z.shape
+    valid = targets != ignore_index
+    t = torch.where(valid, targets, torch.zeros_like(targets))
+    eps = w.label_smoothing
+
+    z_max = z.amax(dim=-1)
+    p = torch.softmax(z, dim=-1)
+    lse = z_max - torch.log(p.amax(dim=-1))
+    z_x = z.gather(1, t[:, None]).squeeze(1)
+    logp_x = (z_x - lse).clamp(max=0.0)
+    p_x = logp_x.exp()
+
+    # Target weight w_x = (1 - eps) f(p_x) (+ eps / V, handled with the uniform part below).
+    f_x = _log_target_weight(logp_x, w).exp() * (1.0 - eps)
+    # S = sum_a w_a, start from the target and the uniform label-smoothing mass.
+    S = f_x + eps
+    loss = -f_x * logp_x
+
+    head_idx = head_fix = None
+    in_head = None
+    need_topk = w.uses_topk or need_stats
+    if need_topk:
+        kk = min(w.k, V)
+        head_z, head_idx = torch.topk(z, kk, dim=-1, sorted=False)
+        head_logp = head_z - lse[:, None]
+        head_p = head_logp.exp()
+        head_mass = head_p.sum(-1)
+        in_head = (head_idx == t[:, None]).any(-1)
+
+    need_entropy = w.lam_tail != 0.0 or need_stats
+    if need_entropy:
+        # sum_a p_a log p_a = sum_a p_a z_a - lse  (one fused dot per row)
+        plogp_all = torch.linalg.vecdot(p, z) - lse
+    target_plogp = p_x * logp_x
+
+    if w.uses_topk:
+        plogp_head = (head_p * head_logp).sum(-1)
+        x_head = in_head.to(z.dtype)
+        neg_head_mass = head_mass - p_x * x_head
+        neg_tail_mass = (1.0 - head_mass).clamp(min=0.0) - p_x * (1.0 - x_head)
+        S = S + w.lam_head * neg_head_mass + w.lam_tail * neg_tail_mass
+        lam_x = w.lam_tail + (w.lam_head - w.lam_tail) * x_head
+        if w.lam_head != 0.0:
+            loss = loss - w.lam_head * (plogp_head - x_head * target_plogp)
+        if w.lam_tail != 0.0:
+            loss = loss - w.lam_tail * (plogp_all - plogp_head - (1.0 - x_head) * target_plogp)
+        head_fix = head_p * (w.lam_tail - w.lam_head)
+    else:
+        lam = w.lam_tail  # == lam_head: one weight for every negative, no top-k needed
+        if lam != 0.0:
+            S = S + lam * (1.0 - p_x)
+            loss = loss - lam * (plogp_all - target_plogp)
+        lam_x = torch.full_like(p_x, lam)
+
+    if eps != 0.0:
+        # sum_a log p_a = sum_a z_a - V lse
+        loss = loss - (eps / V) * (z.sum(-1) - V * lse)
+
+    stats = None
+    if need_stats:
+        vf = valid.to(z.dtype)
+        entropy = (-plogp_all).clamp(min=0.0)
+        correct = (z_x >= z_max).to(z.dtype)
+        stats = torch.stack([-logp_x, entropy, correct, head_mass, torch.ones_like(p_x)]) * vf
+
+    zero = torch.zeros((), dtype=z.dtype, device=z.device)
+    return Rows(
+        p=p,
+        targets=t,
+        valid=valid,
+        loss=torch.where(valid, loss, zero),
+        coef=S - w.lam_tail,
+        target_fix=p_x * lam_x - f_x,
+        head_idx=head_idx if w.uses_topk else None,
+        head_fix=head_fix,
+        stats=stats,
+    )
+
+
+def logit_grad(rows: Rows, scale: torch.Tensor, w: TokenWeighting, *, inplace: bool) -> torch.Tensor:
+    """``dL/dz = (p S - w) * scale`` per row; ``scale`` is 0 on ignored rows.
+
+    ``inplace=True`` overwrites ``rows.p`` (the fused op owns it); otherwise a new tensor is returned so
+    that a retained graph can be differentiated again.
+    """
+    p = rows.p
+    row = rows.coef * scale
+    g = p.mul_(row[:, None]) if inplace else p * row[:, None]
+    if w.label_smoothing != 0.0:
+        g.sub_((w.label_smoothing / p.shape[1]) * scale[:, None])
+    if rows.head_idx is not None:
+        g.scatter_add_(1, rows.head_idx, rows.head_fix * scale[:, None])
+    g.scatter_add_(1, rows.targets[:, None], (rows.target_fix * scale)[:, None])
+    return g

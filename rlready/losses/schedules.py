@@ -1,0 +1,99 @@
+"""Schedules of a loss knob over training progress in [0, 1].
+
+The paper tests constant ``beta`` / ``lam`` only and names schedules as an open question (PAPER.md §4);
+a knob given as a schedule is evaluated by the trainer with the fraction of training done.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Schedule(Protocol):
+    def __call__(self, progress: float) -> float: ...
+
+
+def _clamp(progress: float) -> float:
+    return min(1.0, max(0.0, float(progress)))
+
+
+def _finite(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"schedule {name} must be finite, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Constant:
+    value: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value", _finite("value", self.value))
+
+    def __call__(self, progress: float) -> float:
+        return self.value
+
+    def __str__(self) -> str:
+        return repr(self.value)
+
+
+@dataclass(frozen=True)
+class Linear:
+    start: float
+    end: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start", _finite("start", self.start))
+        object.__setattr__(self, "end", _finite("end", self.end))
+
+    def __call__(self, progress: float) -> float:
+        return self.start + (self.end - self.start) * _clamp(progress)
+
+    def __str__(self) -> str:
+        return f"linear:{self.start!r}:{self.end!r}"
+
+
+@dataclass(frozen=True)
+class Cosine:
+    """Half-cosine from ``start`` at progress 0 to ``end`` at progress 1."""
+
+    start: float
+    end: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start", _finite("start", self.start))
+        object.__setattr__(self, "end", _finite("end", self.end))
+
+    def __call__(self, progress: float) -> float:
+        return self.end + (self.start - self.end) * (1.0 + math.cos(math.pi * _clamp(progress))) / 2.0
+
+    def __str__(self) -> str:
+        return f"cosine:{self.start!r}:{self.end!r}"
+
+
+_KINDS = {"linear": Linear, "cosine": Cosine}
+
+
+def parse_schedule(spec: str | float | int | Schedule) -> Schedule:
+    """``-0.25`` / ``"-0.25"`` -> Constant; ``"linear:START:END"``; ``"cosine:START:END"``."""
+    if isinstance(spec, (Constant, Linear, Cosine)):
+        return spec
+    if isinstance(spec, bool):
+        raise ValueError(f"bad schedule {spec!r}: expected a number or 'linear|cosine:START:END'")
+    if isinstance(spec, (int, float)):
+        return Constant(spec)
+    if not isinstance(spec, str):
+        raise ValueError(f"bad schedule {spec!r}: expected a number or 'linear|cosine:START:END'")
+    parts = spec.strip().split(":")
+    try:
+        if len(parts) == 1:
+            return Constant(float(parts[0]))
+        if len(parts) == 3 and parts[0].lower() in _KINDS:
+            return _KINDS[parts[0].lower()](float(parts[1]), float(parts[2]))
+    except ValueError as err:
+        raise ValueError(f"bad schedule {spec!r}: {err}") from None
+    raise ValueError(f"bad schedule {spec!r}: expected a number or 'linear|cosine:START:END'")
