@@ -1,0 +1,85 @@
+"""RoPE base (``theta``) on a transformers config or model, across transformers 4.x and 5.x.
+
+Mid-training raises the RoPE base from 1e4 to 1e6 (PAPER.md section 4, mid-train row). transformers 5 keeps
+the base in ``config.rope_parameters["rope_theta"]``; transformers 4.x keeps it in ``config.rope_theta``.
+These helpers read and write whichever the installed version uses, so callers never touch either field.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import torch
+
+
+def _check_theta(theta: float) -> float:
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)):
+        raise ValueError(f"rope theta must be a number, got {theta!r}")
+    if not math.isfinite(theta) or theta <= 1:
+        raise ValueError(f"rope theta must be a finite number > 1, got {theta!r}")
+    return float(theta)
+
+
+def rope_config_kwargs(config_cls: type, theta: float) -> dict[str, Any]:
+    """Constructor keyword arguments that set the RoPE base ``theta`` on ``config_cls``."""
+    theta = _check_theta(theta)
+    if "rope_parameters" in inspect.signature(config_cls.__init__).parameters:
+        return {"rope_parameters": {"rope_type": "default", "rope_theta": theta}}
+    return {"rope_theta": theta}
+
+
+def get_rope_theta(config: Any) -> float:
+    """The RoPE base of ``config`` (from ``rope_parameters`` when present, else ``rope_theta``)."""
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and "rope_theta" in params:
+        return float(params["rope_theta"])
+    theta = getattr(config, "rope_theta", None)
+    if theta is None:
+        raise ValueError(f"config of type {type(config).__name__} has no RoPE base (rope_theta)")
+    return float(theta)
+
+
+def set_config_rope_theta(config: Any, theta: float) -> None:
+    """Write ``theta`` into every place the installed transformers reads the RoPE base from."""
+    theta = _check_theta(theta)
+    params = getattr(config, "rope_parameters", None)
+    wrote = False
+    if isinstance(params, dict):
+        if params.get("rope_type", "default") != "default":
+            raise ValueError(f"only plain RoPE can be rebased, config has rope_type={params['rope_type']!r}")
+        params["rope_theta"] = theta
+        wrote = True
+    if getattr(config, "rope_theta", None) is not None:
+        config.rope_theta = theta
+        wrote = True
+    if not wrote:
+        raise ValueError(f"config of type {type(config).__name__} has no RoPE base (rope_theta)")
+
+
+def set_rope_theta(model: torch.nn.Module, theta: float) -> None:
+    """Rebase the model's RoPE to ``theta`` in place (config and rotary tables), e.g. 1e4 -> 1e6.
+
+    The inverse frequencies are non-persistent buffers computed from the config when the rotary module is
+    built, so changing the config alone would not change the running model: every ``*RotaryEmbedding`` module
+    is rebuilt from the updated config (same constructor the model used, so any version's RoPE code applies)
+    on the device of its old buffer. ``save_model`` then writes the new base into config.json.
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ValueError("set_rope_theta needs a transformers model with a .config")
+    rotary = [
+        (name, module)
+        for name, module in model.named_modules()
+        if type(module).__name__.endswith("RotaryEmbedding") and hasattr(module, "inv_freq")
+    ]
+    if not rotary:
+        raise ValueError(f"model of type {type(model).__name__} has no rotary embedding module")
+    set_config_rope_theta(config, theta)
+    for name, module in rotary:
+        fresh = type(module)(config=module.config if hasattr(module, "config") else config)
+        fresh.to(module.inv_freq.device)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, fresh)
