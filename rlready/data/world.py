@@ -33,6 +33,8 @@ Stage = Literal["pretrain", "midtrain"]
 Split = Literal["train", "eval"]
 STAGES = ("pretrain", "midtrain")
 SPLITS = ("train", "eval")
+# Bump when a code change alters the generated text, so cached token shards of the old text are not reused.
+GENERATOR_VERSION = 1
 _MAX_REJECTIONS = 10_000  # a split this rare means a degenerate config, not bad luck
 
 
@@ -196,6 +198,19 @@ def generate_documents(
 ) -> Iterator[str]:
     """Training documents of ``stage`` for the world ``config`` (see ``World.documents``)."""
     return World(config).documents(stage, n_documents=n_documents, n_chars=n_chars)
+
+
+def world_identity(
+    config: WorldConfig, stage: Stage, *, n_documents: int | None = None, n_chars: int | None = None
+) -> dict[str, Any]:
+    """Everything that determines ``generate_documents(config, stage, ...)``: the token-cache identity."""
+    return {
+        "generator": GENERATOR_VERSION,
+        "world": config.to_dict(),
+        "stage": stage,
+        "n_documents": n_documents,
+        "n_chars": n_chars,
+    }
 
 
 def _check_split(split: str) -> None:
