@@ -1,0 +1,212 @@
+"""Tests for rlready.rl.rewards and the timed scorer.
+
+This module must stay free of torch imports: spawned reward workers import it to unpickle the
+test rewards below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from rlready.rl.rewards import (
+    RewardScorer,
+    available_rewards,
+    extract_hash_answer,
+    get_reward,
+    hash_answer_reward,
+    load_gsm8k_jsonl,
+    math_reward,
+    register_reward,
+    score,
+)
+
+
+def flaky_reward(completion: str, answer: str) -> float:
+    """Misbehaves on request: hangs, raises, returns NaN or kills its own process."""
+    if completion == "hang":
+        time.sleep(60)
+    if completion == "raise":
+        raise RuntimeError("boom")
+    if completion == "nan":
+        return float("nan")
+    if completion == "die":
+        os._exit(3)
+    return float(completion == answer)
+
+
+# --- registry -------------------------------------------------------------------------------------
+
+
+def test_registry_lookup() -> None:
+    assert {"arithmetic", "gsm8k", "math"} <= set(available_rewards())
+    assert get_reward("arithmetic") is hash_answer_reward
+    assert get_reward("gsm8k") is hash_answer_reward
+    assert get_reward("math") is math_reward
+    with pytest.raises(ValueError, match="unknown reward 'nope'; available: .*arithmetic"):
+        get_reward("nope")
+
+
+def test_register_reward_rejects_duplicates_and_empty_names() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_reward("math")(flaky_reward)
+    with pytest.raises(ValueError, match="empty reward name"):
+        register_reward("")
+    assert get_reward("math") is math_reward
+
+
+# --- #### answers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("so 3 + 4 = 7\n#### 7", "7"),
+        ("#### 1,234.\nmore text", "1234"),
+        ("#### 5 #### 6", "6"),  # the last marker wins
+        ("####   -12 .", "-12"),
+        ("#### 3.50", "3.50"),
+        ("no marker", None),
+        ("####   \n42", None),  # the answer must be on the marker's line
+        ("####...", None),
+    ],
+)
+def test_extract_hash_answer(text: str, expected: str | None) -> None:
+    assert extract_hash_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer", "expected"),
+    [
+        ("#### 72", "72", 1.0),
+        ("#### 72.", "72", 1.0),
+        ("#### 72.0", "72", 1.0),
+        ("#### 1,000", "1000", 1.0),
+        ("#### 7/2", "3.5", 1.0),
+        ("#### -3", "3", 0.0),
+        ("#### 73", "72", 0.0),
+        ("#### seventy-two", "72", 0.0),
+        ("the answer is 72", "72", 0.0),
+        ("#### 72 apples", "72", 0.0),
+    ],
+)
+def test_hash_answer_reward(completion: str, answer: str, expected: float) -> None:
+    assert hash_answer_reward(completion, answer) == expected
+
+
+def test_hash_answer_reward_rejects_non_numeric_gold() -> None:
+    with pytest.raises(ValueError, match="not a number"):
+        hash_answer_reward("#### 1", "one")
+
+
+def write_jsonl(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_load_gsm8k_jsonl(tmp_path: Path) -> None:
+    records = [
+        {"question": " Tom has 3 apples and buys 4. How many? ", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"},
+        {"question": "Big?", "answer": "#### 1,200"},
+    ]
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [json.dumps(r) for r in records[:1]] + ["", json.dumps(records[1])]
+    )
+    pairs = load_gsm8k_jsonl(path)
+    assert pairs == [("Tom has 3 apples and buys 4. How many?", "7"), ("Big?", "1200")]
+    assert hash_answer_reward("... #### 1,200", pairs[1][1]) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("lines", "match"),
+    [
+        (["{not json"], "d.jsonl:1: invalid JSON"),
+        (['{"question": "q", "answer": "#### 1"}', "[1, 2]"], "d.jsonl:2: expected a JSON object"),
+        (['{"answer": "#### 1"}'], "missing string field 'question'"),
+        (['{"question": "q", "answer": 3}'], "missing string field 'answer'"),
+        (['{"question": "q", "answer": "no final line"}'], "no '#### <number>' final line"),
+        (['{"question": "q", "answer": "#### x"}'], "no '#### <number>' final line"),
+        ([""], "holds no records"),
+    ],
+)
+def test_load_gsm8k_jsonl_errors(tmp_path: Path, lines: list[str], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        load_gsm8k_jsonl(write_jsonl(tmp_path / "d.jsonl", lines))
+
+
+def test_load_gsm8k_jsonl_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no such file"):
+        load_gsm8k_jsonl(tmp_path / "absent.jsonl")
+
+
+# --- math-verify ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer", "expected"),
+    [
+        ("Thus the answer is $\\boxed{\\dfrac{1}{2}}$.", "\\frac{1}{2}", 1.0),
+        ("We get \\boxed{0.5}", "\\frac12", 1.0),
+        ("\\boxed{2\\sqrt{2}}", "\\sqrt{8}", 1.0),
+        ("\\boxed{x + 1}", "1 + x", 1.0),
+        ("\\boxed{\\frac{1}{3}}", "\\frac{1}{2}", 0.0),
+        ("I do not know.", "\\frac{1}{2}", 0.0),
+        ("The final answer is $\\frac{1}{2}$", "\\frac{1}{2}", 0.0),  # not boxed
+        ("#### 4", "4", 0.0),
+        ("\\boxed{7}", "$7$", 1.0),
+    ],
+)
+def test_math_reward(completion: str, answer: str, expected: float) -> None:
+    assert math_reward(completion, answer) == expected
+
+
+def test_math_reward_rejects_unparseable_gold() -> None:
+    with pytest.raises(ValueError, match="could not be parsed"):
+        math_reward("\\boxed{1}", "\\boxed{}")
+
+
+# --- timed scoring --------------------------------------------------------------------------------
+
+MISBEHAVING = ["1", "hang", "raise", "2", "nan", "die", "1"]
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_score_survives_hangs_errors_and_crashes(num_workers: int) -> None:
+    rewards, failures = score(flaky_reward, MISBEHAVING, ["1"] * 7, timeout_s=2.0, num_workers=num_workers)
+    assert rewards == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    assert failures == 4  # hang, raise, nan, die; "2" is a plain wrong answer
+
+
+def test_scorer_is_reusable_and_closes_its_workers() -> None:
+    with RewardScorer(get_reward("math"), timeout_s=30.0) as scorer:
+        first = scorer.score(["\\boxed{4}", "\\boxed{5}"], ["4", "4"])
+        second = scorer.score(["#### 4", "\\boxed{\\frac{8}{2}}"], ["4", "4"])
+        processes = [w.process for w in scorer._workers]
+    assert first == ([1.0, 0.0], 0)
+    assert second == ([0.0, 1.0], 0)
+    assert not any(p.is_alive() for p in processes)
+    with pytest.raises(ValueError, match="closed"):
+        scorer.score([], [])
+
+
+def test_score_empty_batch() -> None:
+    assert score(hash_answer_reward, [], [], timeout_s=1.0) == ([], 0)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "match"),
+    [
+        ((hash_answer_reward, ["a"], [], 1.0), {}, "1 completions but 0 answers"),
+        ((hash_answer_reward, [], [], 0.0), {}, "timeout_s must be > 0"),
+        ((hash_answer_reward, [], [], 1.0), {"num_workers": 0}, "num_workers"),
+        ((lambda c, a: 1.0, [], [], 1.0), {}, "picklable"),
+        (("math", [], [], 1.0), {}, "must be callable"),
+    ],
+)
+def test_score_bad_input(args: tuple, kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        score(*args, **kwargs)
