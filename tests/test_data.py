@@ -1,0 +1,300 @@
+"""The synthetic world: determinism, document counts, stage mixes, fact coverage and disjoint splits."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pytest
+
+from rlready.data import knowledge
+from rlready.data._sampling import in_heldout
+from rlready.data.reasoning import ReasoningConfig
+from rlready.data.world import StageMix, World, WorldConfig, generate_documents, world_identity
+
+SMALL = WorldConfig(seed=3, n_entities=30, n_cities=8)
+
+
+@pytest.fixture(scope="module")
+def small_world() -> World:
+    return World(SMALL)
+
+
+@pytest.fixture(scope="module")
+def train_docs() -> list[str]:
+    """A large sample of every training document either stage produces for SMALL."""
+    return list(generate_documents(SMALL, "pretrain", n_documents=4000)) + list(
+        generate_documents(SMALL, "midtrain", n_documents=3000)
+    )
+
+
+def _kind(doc: str) -> str:
+    if "####" in doc:
+        return "reasoning"
+    if doc.startswith("Q:") or any(e in doc for e in ("lives in", "was born", "favourite", "pet", "resides")):
+        return "knowledge"
+    return "language"
+
+
+def _sentences(docs: list[str]) -> set[str]:
+    return {s for d in docs for s in re.split(r"(?<=\.) (?=[A-Z])", d)}
+
+
+STEP = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)\.")
+
+
+def _solution_key(solution: str) -> str:
+    """The canonical arithmetic of a solution, rebuilt from its written steps."""
+    steps = STEP.findall(solution)
+    return steps[0][0] + "".join(op + b for _, op, b, _ in steps)
+
+
+# -- determinism and counts ------------------------------------------------------------------------------
+
+
+def test_same_config_same_documents_different_seed_differs() -> None:
+    a = list(generate_documents(SMALL, "pretrain", n_documents=50))
+    b = list(generate_documents(SMALL, "pretrain", n_documents=50))
+    c = list(generate_documents(WorldConfig(seed=4, n_entities=30, n_cities=8), "pretrain", n_documents=50))
+    assert a == b
+    assert a != c
+
+
+def test_stages_draw_different_streams() -> None:
+    assert list(generate_documents(SMALL, "pretrain", n_documents=20)) != list(
+        generate_documents(SMALL, "midtrain", n_documents=20)
+    )
+
+
+@pytest.mark.parametrize("n", [0, 1, 37])
+def test_n_documents_is_exact(n: int) -> None:
+    docs = list(generate_documents(SMALL, "pretrain", n_documents=n))
+    assert len(docs) == n
+    assert all(isinstance(d, str) and d.strip() for d in docs)
+
+
+def test_n_chars_stops_just_after_the_target() -> None:
+    docs = list(generate_documents(SMALL, "midtrain", n_chars=20_000))
+    total = sum(len(d) for d in docs)
+    assert total >= 20_000
+    assert total - len(docs[-1]) < 20_000
+
+
+def test_stage_mixes_follow_config(train_docs: list[str]) -> None:
+    pre = Counter(_kind(d) for d in generate_documents(SMALL, "pretrain", n_documents=3000))
+    mid = Counter(_kind(d) for d in generate_documents(SMALL, "midtrain", n_documents=3000))
+    # Defaults: pretrain (0.5, 0.45, 0.05), midtrain (0.25, 0.15, 0.6); 3000 draws give ~±0.03.
+    assert abs(pre["reasoning"] / 3000 - 0.05) < 0.02
+    assert abs(pre["knowledge"] / 3000 - 0.5) < 0.05
+    assert abs(mid["reasoning"] / 3000 - 0.6) < 0.05
+    assert abs(mid["language"] / 3000 - 0.15) < 0.04
+
+
+def test_custom_mix_with_a_zero_weight() -> None:
+    config = WorldConfig(seed=1, n_entities=5, pretrain_mix=StageMix(0, 1, 0))
+    docs = list(generate_documents(config, "pretrain", n_documents=200))
+    assert {_kind(d) for d in docs} == {"language"}
+
+
+# -- knowledge -----------------------------------------------------------------------------------------
+
+
+def test_questions_cover_every_fact_once(small_world: World) -> None:
+    train = small_world.knowledge_questions("train")
+    held = small_world.knowledge_questions("eval")
+    assert len(train) + len(held) == SMALL.n_entities * len(knowledge.ATTRIBUTES)
+    assert held, "the eval split must not be empty"
+    pairs = [(q.entity, q.attribute) for q in train + held]
+    assert len(set(pairs)) == len(pairs)
+    facts = {e.name: e.facts for e in small_world.entities}
+    for q in train + held:
+        assert q.prompt.startswith("Q: ") and q.prompt.endswith("?\nA:")
+        assert q.entity in q.prompt
+        assert q.answer == " " + facts[q.entity][q.attribute]
+
+
+def test_entity_names_are_unique_and_not_cities(small_world: World) -> None:
+    names = [e.name for e in small_world.entities]
+    assert len(set(names)) == len(names) == SMALL.n_entities
+    cities = {e.facts["city"] for e in small_world.entities}
+    assert not cities & set(names)
+
+
+def test_every_eval_fact_is_stated_in_training_but_never_asked(
+    small_world: World, train_docs: list[str]
+) -> None:
+    text = "\n".join(train_docs)
+    facts = {e.name: e.facts for e in small_world.entities}
+    for q in small_world.knowledge_questions("eval"):
+        statements = [
+            t.format(name=q.entity, v=facts[q.entity][q.attribute]) for t in knowledge.STATEMENTS[q.attribute]
+        ]
+        assert sum(s in text for s in statements) >= 2, (
+            f"fact {q.entity}/{q.attribute} not stated in training"
+        )
+        assert q.prompt not in text
+    asked = [q for q in small_world.knowledge_questions("train") if q.prompt + q.answer in text]
+    assert len(asked) > 0.9 * len(small_world.knowledge_questions("train"))
+
+
+# -- language ------------------------------------------------------------------------------------------
+
+
+def test_language_eval_sentences_are_distinct_and_never_in_training(
+    small_world: World, train_docs: list[str]
+) -> None:
+    held = small_world.language_sentences(300)
+    assert len(held) == len(set(held)) == 300
+    assert all(s[0].isupper() and s.endswith(".") for s in held)
+    assert not set(held) & _sentences(train_docs)
+    # The eval split is a deterministic function of the world.
+    assert held == World(SMALL).language_sentences(300)
+
+
+def test_language_has_many_plausible_next_words(small_world: World) -> None:
+    sentences = small_world.language_sentences(3000, split="train")
+    following = Counter(
+        w2
+        for s in sentences
+        for w1, w2 in zip(s.lower().split(), s.lower().split()[1:], strict=False)
+        if w1 == "the"
+    )
+    total = sum(following.values())
+    assert len(following) >= 30
+    assert following.most_common(1)[0][1] / total < 0.3
+    # Zipf-like: the most frequent continuation is much more common than the median one.
+    counts = sorted(following.values(), reverse=True)
+    assert counts[0] > 4 * counts[len(counts) // 2]
+
+
+# -- reasoning -----------------------------------------------------------------------------------------
+
+
+def _check_problem(p) -> None:
+    steps = STEP.findall(p.solution)
+    assert steps, p.solution
+    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+    prev = None
+    for a, op, b, c in steps:
+        assert ops[op](int(a), int(b)) == int(c)
+        assert prev is None or int(a) == prev
+        prev = int(c)
+    assert p.solution.endswith(f"\n#### {p.answer}")
+    assert p.answer == str(prev) and prev >= 0
+    assert p.key == _solution_key(p.solution)
+    assert re.search(r"has (\d+) ", p.prompt).group(1) == steps[0][0]
+    assert p.prompt.startswith("Q: ") and p.prompt.endswith("now?\nA:")
+    assert p.solution.startswith(" ")
+
+
+def test_problems_are_correct_and_respect_difficulty() -> None:
+    cfg = ReasoningConfig(min_steps=2, max_steps=4, max_operand=9, max_multiplier=2)
+    world = World(WorldConfig(seed=5, n_entities=5, reasoning=cfg))
+    for p in world.reasoning_problems(300) + world.reasoning_problems(100, split="eval"):
+        _check_problem(p)
+        steps = STEP.findall(p.solution)
+        assert 2 <= len(steps) <= 4
+        assert int(steps[0][0]) <= 9
+        for _, op, b, _ in steps:
+            assert int(b) <= (2 if op == "*" else 9)
+
+
+def test_only_allowed_operations() -> None:
+    world = World(WorldConfig(seed=2, n_entities=5, reasoning=ReasoningConfig(operations=("+",))))
+    assert all(set(re.findall(r"[-*+]", p.key)) == {"+"} for p in world.reasoning_problems(100))
+
+
+def test_reasoning_splits_share_no_canonical_problem(small_world: World, train_docs: list[str]) -> None:
+    held = small_world.reasoning_problems(300, split="eval")
+    rl = small_world.reasoning_problems(1000, split="train")
+    assert len({p.key for p in held}) == 300
+    in_docs = {_solution_key(m.group(1)) for d in train_docs for m in re.finditer(r"\nA: (.*?)\n####", d)}
+    assert len(in_docs) > 1000
+    assert not {p.key for p in held} & in_docs
+    assert not {p.key for p in held} & {p.key for p in rl}
+
+
+def test_tiny_problem_space_fails_clearly() -> None:
+    cfg = ReasoningConfig(min_steps=1, max_steps=1, max_operand=2, operations=("+",))
+    world = World(WorldConfig(seed=0, n_entities=2, reasoning=cfg))
+    with pytest.raises(ValueError, match="distinct reasoning problems"):
+        world.reasoning_problems(50)
+
+
+def test_heldout_hash_fraction() -> None:
+    hits = sum(in_heldout("s", str(i), 0.1) for i in range(20_000))
+    assert abs(hits / 20_000 - 0.1) < 0.01
+    assert in_heldout("s", "x", 0.1) == in_heldout("s", "x", 0.1)
+
+
+# -- config and bad input ------------------------------------------------------------------------------
+
+
+def test_config_round_trips_through_json() -> None:
+    config = WorldConfig(seed=9, reasoning=ReasoningConfig(max_steps=5, operations=("+", "-")))
+    again = WorldConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+
+
+def test_identity_changes_with_config_and_count() -> None:
+    base = world_identity(SMALL, "pretrain", n_chars=1000)
+    assert base == world_identity(WorldConfig(seed=3, n_entities=30, n_cities=8), "pretrain", n_chars=1000)
+    assert base != world_identity(SMALL, "pretrain", n_chars=1001)
+    assert base != world_identity(SMALL, "midtrain", n_chars=1000)
+    assert base != world_identity(WorldConfig(seed=4, n_entities=30, n_cities=8), "pretrain", n_chars=1000)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n_entities": 0},
+        {"n_cities": 0},
+        {"heldout_fraction": 0.0},
+        {"heldout_fraction": 1.0},
+        {"sentences_per_document": (3, 2)},
+        {"sentences_per_document": (0, 2)},
+    ],
+)
+def test_bad_world_config(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        WorldConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"min_steps": 0},
+        {"min_steps": 3, "max_steps": 2},
+        {"max_operand": 1},
+        {"max_multiplier": 1},
+        {"operations": ()},
+        {"operations": ("/",)},
+    ],
+)
+def test_bad_reasoning_config(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        ReasoningConfig(**kwargs)
+
+
+@pytest.mark.parametrize("weights", [(-1, 1, 1), (0, 0, 0)])
+def test_bad_stage_mix(weights: tuple) -> None:
+    with pytest.raises(ValueError, match="stage mix"):
+        StageMix(*weights)
+
+
+def test_bad_document_requests(small_world: World) -> None:
+    with pytest.raises(ValueError, match="stage"):
+        next(small_world.documents("rl", n_documents=1))
+    with pytest.raises(ValueError, match="exactly one"):
+        next(small_world.documents("pretrain"))
+    with pytest.raises(ValueError, match="exactly one"):
+        next(small_world.documents("pretrain", n_documents=1, n_chars=1))
+    with pytest.raises(ValueError, match=">= 0"):
+        next(small_world.documents("pretrain", n_documents=-1))
+    with pytest.raises(ValueError, match="split"):
+        small_world.knowledge_questions("test")
+    with pytest.raises(ValueError, match=">= 0"):
+        small_world.language_sentences(-1)
+    with pytest.raises(ValueError, match="unknown WorldConfig"):
+        WorldConfig.from_dict({"seed": 1, "n_entitys": 3})
