@@ -141,12 +141,17 @@ def test_empty_mask_gives_zero_loss_with_graph() -> None:
     assert stats["clip_frac_low"].item() == 0.0
 
 
-def test_float_mask_and_old_logprobs_and_advantages_get_no_gradient() -> None:
+def test_float_mask_and_constant_old_logprobs_and_advantages() -> None:
     lp, old, adv, mask = random_inputs(seed=11)
+    reference_loss, _ = policy_loss(lp, old, adv, mask)
+    lp.requires_grad_(True)
     old.requires_grad_(True)
     adv.requires_grad_(True)
     loss, _ = policy_loss(lp, old, adv, mask.double())
-    assert not loss.requires_grad
+    loss.backward()
+    assert loss.item() == pytest.approx(reference_loss.item(), rel=1e-12)
+    assert lp.grad is not None
+    assert old.grad is None and adv.grad is None  # both are treated as constants
 
 
 @pytest.mark.parametrize(
