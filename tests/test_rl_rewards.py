@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -210,3 +212,9 @@ def test_score_empty_batch() -> None:
 def test_score_bad_input(args: tuple, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         score(*args, **kwargs)
+
+
+def test_reward_workers_do_not_import_torch() -> None:
+    # Spawned workers import rlready.rl.rewards to unpickle their reward; torch would add ~1 s per start.
+    code = "import sys, rlready.rl.rewards; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
