@@ -3,11 +3,12 @@
 For one block of logit rows ``z [n, V]`` (already in the compute dtype) it computes, in a fixed small number
 of passes over ``[n, V]``:
 
-1. ``amax``                      the row maximum (for the log-sum-exp and top-1 accuracy);
-2. ``softmax``                   ``p`` (one fused ATen kernel, also the buffer the gradient is written into);
-3. ``amax`` of ``p``             ``lse = z_max - log(max p)``, exact to rounding, without a separate
+1. ``softmax``                   ``p`` (one fused ATen kernel, also the buffer the gradient is written into);
+2. ``topk``  (only if needed)    the head ``K_t``, when ``lam_head != lam_tail`` or statistics are requested;
+3. ``amax`` of ``z`` and ``p``   only without the head (which holds the row maximum): the log-sum-exp is
+                                 ``lse = z_max - log(max p)``, exact to rounding, without a separate
                                  log-sum-exp pass (``max p = 1 / sum exp(z - z_max)``);
-4. ``topk``  (only if needed)    the head ``K_t``, when ``lam_head != lam_tail`` or statistics are requested;
+4. (the target gather and everything below are per row or per head entry)
 5. ``vecdot(p, z)`` (if needed)  ``sum_a p_a z_a`` for the tail term of the value and the entropy;
 6. ``sum(z)`` (label smoothing)  for ``sum_a log p_a``.
 
@@ -71,9 +72,19 @@ def shaped_rows(
     t = torch.where(valid, targets, torch.zeros_like(targets))
     eps = w.label_smoothing
 
-    z_max = z.amax(dim=-1)
     p = torch.softmax(z, dim=-1)
-    lse = z_max - torch.log(p.amax(dim=-1))
+    need_topk = w.uses_topk or need_stats
+    if need_topk:
+        head_z, head_idx = torch.topk(z, min(w.k, V), dim=-1, sorted=False)
+        # The row maximum comes with the head: no separate pass over [n, V].
+        top1 = head_z.argmax(dim=-1, keepdim=True)
+        z_max = head_z.gather(1, top1).squeeze(1)
+        p_max = p.gather(1, head_idx.gather(1, top1)).squeeze(1)
+    else:
+        head_idx = None
+        z_max = z.amax(dim=-1)
+        p_max = p.amax(dim=-1)
+    lse = z_max - torch.log(p_max)
     z_x = z.gather(1, t[:, None]).squeeze(1)
     logp_x = (z_x - lse).clamp(max=0.0)
     p_x = logp_x.exp()
@@ -84,12 +95,8 @@ def shaped_rows(
     S = f_x + eps
     loss = -f_x * logp_x
 
-    head_idx = head_fix = None
-    in_head = None
-    need_topk = w.uses_topk or need_stats
+    head_fix = None
     if need_topk:
-        kk = min(w.k, V)
-        head_z, head_idx = torch.topk(z, kk, dim=-1, sorted=False)
         head_logp = head_z - lse[:, None]
         head_p = head_logp.exp()
         head_mass = head_p.sum(-1)
