@@ -494,3 +494,18 @@ def test_unknown_reduction_raises(reduction):
     with raises("reduction") as excinfo:
         shaped_cross_entropy(torch.randn(4, 7), torch.tensor([0, 1, 2, 3]), reduction=reduction)
     check_one_line(excinfo)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torch.compile (inductor codegen takes tens of seconds on 2 CPU cores).
+
+
+@pytest.mark.slow
+def test_compiled_matches_eager():
+    logits, targets = random_problem((3, 4), V, dtype=torch.float32, ignore_frac=0.2, seed=50)
+    knobs = dict(beta=-0.25, lam_head=0.1, lam_tail=-0.1, k=3)
+    compiled = torch.compile(shaped_cross_entropy)
+    loss, grad = run(compiled, logits, targets, **knobs)
+    ref, ref_grad = run(ref_loss, logits.double(), targets, **knobs)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-6)
