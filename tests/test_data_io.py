@@ -198,6 +198,9 @@ def test_missing_path_is_a_hub_name_only_when_datasets_is_installed(
     source = open_source("someone/some-dataset", split="validation")  # nothing is downloaded here
     assert source.hf_name == "someone/some-dataset" and source.hf_split == "validation"
     assert source.identity() == {"hf": "someone/some-dataset", "split": "validation", "text_field": "text"}
+    for local in (tmp_path / "missing", "./missing", "data/missing.jsonl"):
+        with pytest.raises(DataSourceError, match="path does not exist"):
+            open_source(local)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow installed")

@@ -82,11 +82,11 @@ def open_source(path: str | Path, *, text_field: str = "text", split: str = "tra
         raise DataSourceError("text_field must be a non-empty name")
     p = Path(path).expanduser()
     if not p.exists():
-        if importlib.util.find_spec("datasets") is not None:
+        # A missing "x.txt", "/abs/dir" or "./dir" is a mistyped local path, not a hub name: say so.
+        looks_local = p.suffix in SUFFIXES or p.is_absolute() or str(path).startswith((".", "~"))
+        if not looks_local and importlib.util.find_spec("datasets") is not None:
             return TextSource(origin=str(path), hf_name=str(path), hf_split=split, text_field=text_field)
-        raise DataSourceError(
-            f"path does not exist: {path} (and 'datasets' is not installed to read it as a hub dataset)"
-        )
+        raise DataSourceError(f"path does not exist: {path} (a hub dataset name needs 'datasets' installed)")
     p = p.resolve()
     if p.is_dir():
         found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES)
