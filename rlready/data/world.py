@@ -59,11 +59,11 @@ class WorldConfig:
     """Everything that determines the synthetic world; the same config always yields the same text."""
 
     seed: int = 0
-    n_entities: int = 200
-    n_cities: int = 30
-    heldout_fraction: float = 0.1
-    sentences_per_document: tuple[int, int] = (3, 8)
-    reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)
+    n_entities: int = 200  # invented people; each has len(knowledge.ATTRIBUTES) facts
+    n_cities: int = 30  # invented cities they live in
+    heldout_fraction: float = 0.1  # share of questions / sentences / problem keys kept for evaluation
+    sentences_per_document: tuple[int, int] = (3, 8)  # range for language documents
+    reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)  # difficulty knobs
     pretrain_mix: StageMix = field(default_factory=lambda: StageMix(0.5, 0.45, 0.05))
     midtrain_mix: StageMix = field(default_factory=lambda: StageMix(0.25, 0.15, 0.6))
 
@@ -108,9 +108,10 @@ class World:
     def __init__(self, config: WorldConfig | None = None) -> None:
         self.config = config or WorldConfig()
         self._salt = f"world{self.config.seed}"
-        rng = random.Random(f"{self.config.seed}:world")
+        # Separate streams, so that e.g. changing n_entities leaves the grammar's word ranking unchanged.
+        rng = random.Random(f"{self.config.seed}:entities")
         self.entities = knowledge.make_entities(rng, self.config.n_entities, self.config.n_cities)
-        self.grammar = Grammar(rng)
+        self.grammar = Grammar(random.Random(f"{self.config.seed}:grammar"))
         frac = self.config.heldout_fraction
         self._questions: dict[str, list[knowledge.Question]] = {"train": [], "eval": []}
         for entity in self.entities:
