@@ -285,13 +285,13 @@ def test_bad_stage_mix(weights: tuple) -> None:
 
 def test_bad_document_requests(small_world: World) -> None:
     with pytest.raises(ValueError, match="stage"):
-        next(small_world.documents("rl", n_documents=1))
+        small_world.documents("rl", n_documents=1)
     with pytest.raises(ValueError, match="exactly one"):
-        next(small_world.documents("pretrain"))
+        small_world.documents("pretrain")
     with pytest.raises(ValueError, match="exactly one"):
-        next(small_world.documents("pretrain", n_documents=1, n_chars=1))
+        small_world.documents("pretrain", n_documents=1, n_chars=1)
     with pytest.raises(ValueError, match=">= 0"):
-        next(small_world.documents("pretrain", n_documents=-1))
+        small_world.documents("pretrain", n_documents=-1)
     with pytest.raises(ValueError, match="split"):
         small_world.knowledge_questions("test")
     with pytest.raises(ValueError, match=">= 0"):

@@ -134,17 +134,23 @@ class World:
         if limit is None or limit < 0:
             raise ValueError(f"document/character count must be >= 0, got {limit}")
         mix = self.config.pretrain_mix if stage == "pretrain" else self.config.midtrain_mix
+        # Checked above, generated lazily below: bad arguments fail at the call, not at the first next().
+        return self._generate(stage, mix, limit, count_chars=n_chars is not None)
+
+    def _generate(self, stage: Stage, mix: StageMix, limit: int, *, count_chars: bool) -> Iterator[str]:
         kinds = (self._knowledge_document, self._language_document, self._reasoning_document)
         weights = (mix.knowledge, mix.language, mix.reasoning)
         rng = random.Random(f"{self.config.seed}:{stage}")
         produced = 0
         while produced < limit:
             doc = rng.choices(kinds, weights=weights)[0](rng)
-            produced += 1 if n_documents is not None else len(doc)
+            produced += len(doc) if count_chars else 1
             yield doc
 
     def _knowledge_document(self, rng: random.Random) -> str:
         train_questions = self._questions["train"]
+        # Mostly biographies (the facts); some Q/A drills so the question format, and recall through it,
+        # is learnt on the training questions and can transfer to the held-out ones.
         if train_questions and rng.random() < 0.3:
             return knowledge.question_drill(rng, train_questions, rng.randint(3, 6))
         return knowledge.biography(rng, rng.choice(self.entities))
