@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,9 +55,9 @@ def tiny(name: str = "tiny", seed: int = 0, **overrides) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, tokenizer) -> tuple[torch.nn.Module, Path]:
-    model = tiny()
-    return model, save_model(model, tokenizer, tmp_path_factory.mktemp("saved") / "model")
+def saved(tmp_path_factory, tokenizer) -> Path:
+    """A saved tiny model directory; tests corrupt copies of it."""
+    return save_model(tiny(), tokenizer, tmp_path_factory.mktemp("saved") / "model")
 
 
 def copy_dir(src: Path, dst: Path) -> Path:
@@ -238,7 +239,7 @@ def test_save_rejects_raw_or_oversized_tokenizer(tmp_path, tokenizer):
 
 
 def test_load_rejects_tokenizer_larger_than_embedding(tmp_path, saved):
-    _, out = saved
+    out = saved
     bad = copy_dir(out, tmp_path / "bad")
     for f in ("tokenizer.json", "tokenizer_config.json"):
         (bad / f).unlink()
@@ -248,7 +249,7 @@ def test_load_rejects_tokenizer_larger_than_embedding(tmp_path, saved):
 
 
 def test_load_directory_errors(tmp_path, saved):
-    _, out = saved
+    out = saved
     with pytest.raises(ValueError, match="does not exist"):
         load_model(tmp_path / "missing")
     (tmp_path / "file").write_text("x")
@@ -265,7 +266,7 @@ def test_load_directory_errors(tmp_path, saved):
 
 
 def test_load_refuses_pickle_only_and_weightless_dirs(tmp_path, saved):
-    _, out = saved
+    out = saved
     d = copy_dir(out, tmp_path / "pickle")
     (d / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="no model.safetensors"):
@@ -276,7 +277,7 @@ def test_load_refuses_pickle_only_and_weightless_dirs(tmp_path, saved):
 
 
 def test_load_rejects_sharded_index_with_missing_shard(tmp_path, saved):
-    _, out = saved
+    out = saved
     d = copy_dir(out, tmp_path / "sharded")
     (d / "model.safetensors").unlink()
     index = {"metadata": {}, "weight_map": {"lm_head.weight": "model-00001-of-00002.safetensors"}}
@@ -293,7 +294,7 @@ def header_of(path: Path) -> tuple[int, bytes]:
 
 @pytest.mark.parametrize("cut", [1, 1000, "into_header", "all_but_4"])
 def test_truncated_safetensors_is_rejected(tmp_path, saved, cut):
-    _, out = saved
+    out = saved
     d = copy_dir(out, tmp_path / "t")
     n, raw = header_of(d / "model.safetensors")
     keep = {"into_header": 8 + n // 2, "all_but_4": 4}.get(cut, len(raw) - cut if isinstance(cut, int) else 0)
@@ -334,7 +335,7 @@ def grow_shape(raw: bytes, n: int) -> bytes:
 
 @pytest.mark.parametrize("corrupt", [flip_length, flip_json_brace, flip_offset_digit, flip_dtype, grow_shape])
 def test_corrupted_safetensors_header_is_rejected(tmp_path, saved, corrupt):
-    _, out = saved
+    out = saved
     d = copy_dir(out, tmp_path / "c")
     n, raw = header_of(d / "model.safetensors")
     bad = corrupt(raw, n)
@@ -359,7 +360,7 @@ def test_check_safetensors_accepts_valid_files(tmp_path):
 
 
 def test_load_unknown_architecture_is_a_value_error(tmp_path, saved):
-    _, out = saved
+    out = saved
     d = copy_dir(out, tmp_path / "odd")
     config = json.loads((d / "config.json").read_text())
     config["model_type"] = "no_such_model"
@@ -484,4 +485,4 @@ def test_heads_reject_bad_input():
 
 def test_import_does_not_load_transformers():
     code = "import sys, rlready.models; assert 'transformers' not in sys.modules"
-    assert os.system(f'"{os.sys.executable}" -c "{code}"') == 0
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -7,6 +7,7 @@ runs the decoder only (no ``lm_head``) and hands back what the fused op needs.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, NamedTuple
 
 import torch
@@ -73,8 +74,6 @@ def final_hidden_and_head(
 def _load_balancing_loss(model: Any, router_logits: Any, attention_mask: torch.Tensor | None) -> torch.Tensor:
     # The model's own module defines the loss it adds in forward (Switch Transformer eqs. 4-6 in Qwen3-MoE,
     # Mixtral, ...); using it keeps this path identical to model(...).aux_loss.
-    import sys
-
     module = sys.modules[type(model).__module__]
     loss_fn = getattr(module, "load_balancing_loss_func", None)
     if loss_fn is None:
