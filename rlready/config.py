@@ -1,0 +1,375 @@
+"""Typed run configuration: sections of dataclasses, file + ``--section.field VALUE`` overrides, validation.
+
+A run's configuration is resolved in this order: the stage's defaults for the preset, then a YAML/TOML file
+(``--config``), then command-line overrides. The resolved configuration is saved in the run directory; a run
+directory whose saved configuration differs is refused (``--overwrite`` replaces it explicitly).
+
+Written here rather than taken from a config library (hydra, omegaconf, tyro) to keep the dependency set to
+the training stack and to give one-line errors for every bad field, which the CLI promises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STAGES = ("pretrain", "midtrain", "rl")
+
+
+class ConfigError(ValueError):
+    """A configuration value, file or field is invalid (reported in one line by the CLI)."""
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    init: str | None = None  # a local Hugging Face causal-LM directory to start from
+    rope_theta: float | None = None  # None: the preset's 1e4, or the value saved with --init
+    dtype: str = "float32"  # parameter dtype; bf16 compute comes from train.autocast
+
+    def validate(self) -> None:
+        from rlready.models.presets import PRESETS
+
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; known presets: {', '.join(PRESETS)}")
+        if self.rope_theta is not None and not (math.isfinite(self.rope_theta) and self.rope_theta > 0):
+            raise ConfigError(f"model.rope_theta must be a positive number, got {self.rope_theta!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # .txt/.jsonl/.parquet file, folder, or hub dataset name; None: synthetic world
+    text_field: str = "text"
+    tokenizer: str | None = None  # an existing tokenizer directory; None: --init's, or train a BPE one
+    vocab_size: int = 2048  # for a trained tokenizer
+    seq_len: int = 256
+    world_seed: int = 0  # the synthetic world is the same for every configuration of a study
+    world_chars: int = 2_000_000  # characters of generated training text per stage
+    cache_dir: str | None = None  # token shards; None: $RLREADY_CACHE or ~/.cache/rlready
+
+    def validate(self) -> None:
+        _positive("data.seq_len", self.seq_len)
+        _positive("data.world_chars", self.world_chars)
+        if self.vocab_size < 256:
+            raise ConfigError(f"data.vocab_size must be >= 256 (byte-level BPE), got {self.vocab_size}")
+
+
+@dataclass
+class LossConfig:
+    """PAPER.md §2. ``beta``, ``lam_head``, ``lam_tail``: a number or ``linear|cosine:START:END``."""
+
+    beta: str = "0.0"
+    lam_head: str = "0.0"
+    lam_tail: str = "0.0"
+    k: int = 100
+    chunk_size: int | None = None  # fused loss token chunk; None: Liger's rule (see losses/fused_linear.py)
+
+    def validate(self) -> None:
+        from rlready.losses.schedules import parse_schedule
+
+        for name in ("beta", "lam_head", "lam_tail"):
+            try:
+                parse_schedule(getattr(self, name))
+            except ValueError as err:
+                raise ConfigError(f"loss.{name}: {err}") from None
+        if self.k < 1:
+            raise ConfigError(f"loss.k must be >= 1, got {self.k}")
+        if self.chunk_size is not None:
+            _positive("loss.chunk_size", self.chunk_size)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 300
+    batch_size: int = 16  # global batch, in sequences of data.seq_len tokens
+    micro_batch: int = 16  # sequences per forward/backward on one process (gradient accumulation)
+    lr: float = 3e-3
+    final_lr: float = 3e-4  # reached at the end of the decay
+    warmup_steps: int = 30
+    decay_fraction: float = 0.2  # warmup-stable-decay: the last fraction of steps decays linearly
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    eval_every: int = 0  # held-out perplexity/entropy every N steps (0: only at the end)
+    autocast: str = "auto"  # auto: bf16 where the device supports it (CUDA), else off
+    fsdp: bool = False  # FSDP2 fully_shard instead of DDP (models that do not fit one device)
+    max_bad_steps: int = 3  # consecutive non-finite steps before the run stops
+
+    def validate(self) -> None:
+        for name in (
+            "max_steps",
+            "batch_size",
+            "micro_batch",
+            "keep_checkpoints",
+            "log_every",
+            "max_bad_steps",
+        ):
+            _positive(f"train.{name}", getattr(self, name))
+        for name in ("warmup_steps", "checkpoint_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "final_lr", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"train.{name} must be a finite number >= 0, got {value!r}")
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            raise ConfigError(f"train.decay_fraction must be in [0, 1], got {self.decay_fraction}")
+        if not (0.0 <= self.weight_decay < 1.0):
+            raise ConfigError(f"train.weight_decay must be in [0, 1), got {self.weight_decay}")
+        if self.autocast not in ("auto", "bf16", "off"):
+            raise ConfigError(f"train.autocast must be auto, bf16 or off, got {self.autocast!r}")
+
+
+@dataclass
+class EvalConfig:
+    tokens: int = 65536  # held-out tokens for perplexity / entropy
+    knowledge_questions: int = 100
+    reasoning_problems: int = 32
+    samples: int = 8  # n samples per problem for Pass@k
+    pass_k: int = 4
+    temperature: float = 0.7  # PAPER.md §4: Pass@k sampling at T=0.7, top-p 0.95
+    top_p: float = 0.95
+    max_new_tokens: int = 48
+
+    def validate(self) -> None:
+        for name in ("tokens", "samples", "pass_k", "max_new_tokens"):
+            _positive(f"eval.{name}", getattr(self, name))
+        if self.pass_k > self.samples:
+            raise ConfigError(f"eval.pass_k ({self.pass_k}) must be <= eval.samples ({self.samples})")
+        if not 0.0 < self.top_p <= 1.0 or self.temperature < 0:
+            raise ConfigError("eval.top_p must be in (0, 1] and eval.temperature >= 0")
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = False
+    wandb: bool = False  # offline unless WANDB_MODE says otherwise
+    progress: str = "auto"  # auto: a bar on a terminal, log lines otherwise; bar; lines
+
+
+@dataclass
+class RunConfig:
+    stage: str = "pretrain"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def validate(self) -> RunConfig:
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate()
+        if self.train.batch_size % self.train.micro_batch and self.train.micro_batch < self.train.batch_size:
+            raise ConfigError(
+                f"train.batch_size ({self.train.batch_size}) must be a multiple of train.micro_batch "
+                f"({self.train.micro_batch})"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{name} must be >= 1, got {value}")
+
+
+# -- parsing ---------------------------------------------------------------------------------------------
+
+
+def _convert(name: str, raw: Any, tp: Any) -> Any:
+    """Convert ``raw`` (a string from the command line, or a YAML/TOML value) to the annotated type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
+            return None
+        return _convert(name, raw, args[0])
+    if raw is None:
+        raise ConfigError(f"{name} may not be empty")
+    if tp is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(raw, str) and raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    if tp is int:
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ConfigError(f"{name} must be an integer, got {raw!r}")
+        try:
+            return int(raw) if not isinstance(raw, str) else int(raw.replace("_", ""))
+        except (TypeError, ValueError):
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+            if not value.is_integer():
+                raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+            return int(value)
+    if tp is float:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{name} must be a number, got {raw!r}")
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be finite, got {raw!r}")
+        return value
+    if tp is str:
+        if isinstance(raw, (dict, list)):
+            raise ConfigError(f"{name} must be a string, got {raw!r}")
+        return str(raw)
+    raise ConfigError(f"{name}: unsupported type {tp!r}")  # pragma: no cover - a programming error
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(RunConfig)
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(RunConfig)
+        if dataclasses.is_dataclass(hints[f.name])
+    }
+
+
+def set_field(cfg: RunConfig, dotted: str, raw: Any) -> None:
+    """Set ``section.field`` (or a top-level field such as ``seed``) from a raw value."""
+    parts = dotted.split(".")
+    sections = _sections()
+    if len(parts) == 1:
+        hints = typing.get_type_hints(RunConfig)
+        if parts[0] in sections or parts[0] not in hints:
+            raise ConfigError(f"unknown config field {dotted!r}")
+        setattr(cfg, parts[0], _convert(dotted, raw, hints[parts[0]]))
+        return
+    if len(parts) != 2 or parts[0] not in sections:
+        raise ConfigError(f"unknown config field {dotted!r} (sections: {', '.join(sections)})")
+    section_cls = sections[parts[0]]
+    hints = typing.get_type_hints(section_cls)
+    if parts[1] not in hints:
+        known = ", ".join(f.name for f in dataclasses.fields(section_cls))
+        raise ConfigError(f"unknown config field {dotted!r} ({parts[0]} has: {known})")
+    setattr(getattr(cfg, parts[0]), parts[1], _convert(dotted, raw, hints[parts[1]]))
+
+
+def apply_mapping(cfg: RunConfig, data: dict[str, Any], origin: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for sub, raw in value.items():
+                set_field(cfg, f"{key}.{sub}", raw)
+        else:
+            set_field(cfg, str(key), value)
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or TOML configuration file (chosen by extension) into a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file {str(p)!r}: {err}") from None
+    if p.suffix.lower() == ".toml":
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover
+            import tomli as tomllib
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"malformed TOML in {str(p)!r}: {err}") from None
+    elif p.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError(f"malformed YAML in {str(p)!r}: {first}") from None
+    else:
+        raise ConfigError(f"config file {str(p)!r} must end in .yaml, .yml or .toml")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
+    return data
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
+    """``['--loss.beta', '-0.25', '--seed=3']`` -> ``[('loss.beta', '-0.25'), ('seed', '3')]``."""
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(f"unexpected argument {arg!r} (overrides look like --section.field VALUE)")
+        key = arg[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"--{key} needs a value")
+            i += 1
+            value = args[i]
+        out.append((key, value))
+        i += 1
+    return out
+
+
+def resolve(
+    stage: str,
+    preset: str,
+    *,
+    file: str | Path | None = None,
+    overrides: list[tuple[str, str]] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Stage defaults for the preset, then ``base`` (a mapping), the file, then overrides; validated."""
+    from rlready.train.defaults import stage_defaults
+
+    cfg = RunConfig(stage=stage)
+    cfg.model.preset = preset
+    cfg.model.validate()  # an unknown preset is reported before anything else
+    apply_mapping(cfg, stage_defaults(stage, preset), f"defaults of {stage}/{preset}")
+    if base:
+        apply_mapping(cfg, base, "base configuration")
+    if file is not None:
+        apply_mapping(cfg, load_file(file), str(file))
+    for key, value in overrides or []:
+        set_field(cfg, key, value)
+    return cfg.validate()
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    cfg = RunConfig()
+    apply_mapping(cfg, data, "saved configuration")
+    return cfg.validate()
+
+
+def dumps(cfg: RunConfig) -> str:
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,1 @@
+"""Evaluation: held-out perplexity / entropy / head mass, knowledge recall, reasoning Avg/Cons/Pass@k."""

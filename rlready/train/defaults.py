@@ -1,0 +1,95 @@
+"""Per-stage, per-preset defaults (PAPER.md §4 recipe, scaled to each preset).
+
+The paper: pre-train at lr 3e-4 with 2000 warmup steps, 16M-token batches, 4096-token sequences, RoPE base
+1e4; mid-train with lr decaying 3e-4 -> 3e-5, 16384-token sequences, RoPE base 1e6, a reasoning-heavy mix.
+Small CPU presets keep the shape of that recipe with a higher learning rate and far fewer tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_PRETRAIN: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "data": {"seq_len": 128, "vocab_size": 2048, "world_chars": 2_000_000},
+        "train": {
+            "max_steps": 300,
+            "batch_size": 16,
+            "micro_batch": 16,
+            "lr": 3e-3,
+            "final_lr": 3e-4,
+            "warmup_steps": 30,
+            "checkpoint_every": 100,
+            "log_every": 10,
+        },
+        "eval": {
+            "tokens": 32768,
+            "knowledge_questions": 100,
+            "reasoning_problems": 32,
+            "samples": 8,
+            "pass_k": 4,
+        },
+    },
+    "tiny-moe": {
+        "data": {"seq_len": 128, "vocab_size": 2048},
+        "train": {
+            "max_steps": 300,
+            "batch_size": 16,
+            "micro_batch": 16,
+            "lr": 3e-3,
+            "final_lr": 3e-4,
+            "warmup_steps": 30,
+        },
+    },
+    "small": {
+        "data": {"seq_len": 256, "vocab_size": 8192, "world_chars": 40_000_000},
+        "train": {
+            "max_steps": 4000,
+            "batch_size": 32,
+            "micro_batch": 16,
+            "lr": 1.5e-3,
+            "final_lr": 1.5e-4,
+            "warmup_steps": 200,
+            "checkpoint_every": 500,
+            "log_every": 20,
+        },
+    },
+}
+_PAPER_PRETRAIN = {
+    "data": {"seq_len": 4096},
+    "train": {
+        "max_steps": 30000,
+        "batch_size": 4096,
+        "micro_batch": 4,
+        "lr": 3e-4,
+        "final_lr": 3e-4,
+        "warmup_steps": 2000,
+        "decay_fraction": 0.0,
+        "checkpoint_every": 500,
+        "log_every": 10,
+    },
+}
+for _name in ("dense-1b", "dense-4b", "moe-5b-a0.3b", "moe-10b-a0.5b", "moe-20b-a1b"):
+    _PRETRAIN[_name] = _PAPER_PRETRAIN
+
+
+def stage_defaults(stage: str, preset: str) -> dict[str, Any]:
+    base = _PRETRAIN.get(preset, {})
+    out: dict[str, Any] = {section: dict(values) for section, values in base.items()}
+    if stage == "midtrain":
+        # Longer sequences, RoPE base 1e4 -> 1e6, LR decaying from the pre-training LR to a tenth.
+        train = out.setdefault("train", {})
+        data = out.setdefault("data", {})
+        lr = train.get("lr", 3e-4)
+        seq = data.get("seq_len", 256)
+        data["seq_len"] = seq * 2 if seq < 4096 else 16384
+        train.update(lr=lr, final_lr=lr / 10, warmup_steps=0, decay_fraction=1.0)
+        train["max_steps"] = max(1, train.get("max_steps", 1000) // 3)
+        if "batch_size" in train and seq < 4096:
+            train["batch_size"] = max(1, train["batch_size"] // 2)
+            train["micro_batch"] = min(train.get("micro_batch", train["batch_size"]), train["batch_size"])
+        elif seq >= 4096:
+            train["batch_size"] = 1024  # 16M tokens per batch at 16384 tokens per sequence
+            train["micro_batch"] = 1
+        out.setdefault("model", {})["rope_theta"] = 1e6
+    return out

@@ -1,0 +1,454 @@
+"""Pre-training and mid-training: next-token prediction with the shaped objective (PAPER.md §2–4).
+
+Data flows top to bottom: tokenizer -> token shards -> model -> the training loop (fused shaped loss on
+the final hidden states and LM head: the ``[tokens, V]`` logits are never materialised) -> ``final/`` in
+Hugging Face format -> held-out evaluation in ``eval.json``.
+
+The two stages differ only in their defaults (``defaults.py``) and in mid-training starting from
+``--init``: longer sequences, RoPE base 1e6 written into the saved config, LR decaying to a tenth, and the
+reasoning-heavy mix of the synthetic world.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlready.config import ConfigError, RunConfig
+from rlready.losses import TokenWeighting, fused_linear_shaped_cross_entropy, parse_schedule
+from rlready.train import checkpoint, dist
+from rlready.train.logger import RunLogger
+from rlready.train.rundir import prepare, write_json
+from rlready.train.schedule import wsd_lr
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. repeated non-finite losses); reported in one line."""
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM/SIGINT: a checkpoint was written; the same command resumes."""
+
+
+# -- data -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LMData:
+    tokenizer: Any
+    train: np.ndarray
+    heldout: np.ndarray
+    world: Any  # the synthetic World, or None for real data
+
+
+def cache_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.data.cache_dir or os.environ.get("RLREADY_CACHE") or Path.home() / ".cache" / "rlready")
+
+
+def _heldout_world_text(world: Any, stage: str, n_chars: int) -> list[str]:
+    """Held-out documents in the stage's mix, built only from the world's evaluation splits."""
+    mix = world.config.pretrain_mix if stage == "pretrain" else world.config.midtrain_mix
+    sentences = world.language_sentences(max(8, int(n_chars * mix.language / 60)))
+    problems = world.reasoning_problems(max(4, int(n_chars * mix.reasoning / 150)), split="eval")
+    questions = world.knowledge_questions("eval")
+    docs = [" ".join(sentences[i : i + 5]) for i in range(0, len(sentences), 5)]
+    docs += [p.prompt + p.solution for p in problems]
+    docs += [q.prompt + q.answer for q in questions[: max(4, int(n_chars * mix.knowledge / 40))]]
+    return docs
+
+
+def load_data(cfg: RunConfig, out: Path, d: dist.Dist) -> LMData:
+    from rlready.data import shards, sources, tokenizer, world
+
+    stage = "midtrain" if cfg.stage == "midtrain" else "pretrain"
+    the_world = None
+    if cfg.data.path:
+        src = sources.open_source(cfg.data.path, text_field=cfg.data.text_field)
+        identity = src.identity()
+        documents = src.documents
+    else:
+        the_world = world.World(world.WorldConfig(seed=cfg.data.world_seed))
+        identity = world.world_identity(the_world.config, stage, n_chars=cfg.data.world_chars)
+
+        def documents():
+            return the_world.documents(stage, n_chars=cfg.data.world_chars)
+
+    tok_dir = out / "tokenizer"
+    if cfg.data.tokenizer:
+        tok = tokenizer.load_tokenizer(cfg.data.tokenizer)
+    elif cfg.model.init and (Path(cfg.model.init) / "tokenizer.json").is_file():
+        tok = tokenizer.load_tokenizer(cfg.model.init)
+    elif (tok_dir / "tokenizer.json").is_file():
+        tok = tokenizer.load_tokenizer(tok_dir)  # trained by an earlier attempt of this run
+    else:
+        if d.is_main:
+            tok = tokenizer.train_tokenizer(documents(), cfg.data.vocab_size)
+            tokenizer.save_tokenizer(tok, tok_dir)
+        dist.barrier(d)
+        tok = tokenizer.load_tokenizer(tok_dir)
+
+    if d.is_main:  # rank 0 fills the cache, the others then map it
+        tokens = shards.cached_tokens(documents(), tok, cache_dir(cfg), identity)
+    dist.barrier(d)
+    if not d.is_main:
+        tokens = shards.cached_tokens(documents(), tok, cache_dir(cfg), identity)
+
+    if the_world is not None:
+        eos = tok.eos_token_id
+        ids: list[int] = []
+        for doc in _heldout_world_text(the_world, stage, 4 * cfg.eval.tokens):
+            ids.extend(tok(doc)["input_ids"] + [eos])
+        heldout = np.asarray(ids, dtype=np.int64)
+        train = tokens
+    else:
+        # Real data: the last tokens (at most 10%) are held out and never trained on.
+        n_eval = min(cfg.eval.tokens + 1, len(tokens) // 10)
+        if n_eval < cfg.data.seq_len + 1:
+            raise ConfigError(f"data.path {cfg.data.path!r} is too small: {len(tokens)} tokens")
+        train, heldout = tokens[:-n_eval], np.asarray(tokens[-n_eval:], dtype=np.int64)
+    return LMData(tok, train, heldout, the_world)
+
+
+# -- model ------------------------------------------------------------------------------------------------
+
+
+def load_or_build_model(cfg: RunConfig, tok: Any, device: torch.device) -> nn.Module:
+    from rlready.models import build_config, build_model, load_model, set_rope_theta
+
+    dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
+    if cfg.model.init:
+        model = load_model(cfg.model.init, dtype=dtype, device=device)
+        if len(tok) > model.get_input_embeddings().weight.shape[0]:
+            raise ConfigError(f"tokenizer has {len(tok)} tokens, more than the model's embedding rows")
+        if cfg.model.rope_theta is not None:
+            set_rope_theta(model, cfg.model.rope_theta)
+        return model
+    torch.manual_seed(cfg.seed)
+    config = build_config(cfg.model.preset, vocab_size=len(tok), rope_theta=cfg.model.rope_theta or 1e4)
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(config, attr, tok.eos_token_id)
+    return build_model(config, dtype=dtype, device=device)
+
+
+class ShapedLMLoss(nn.Module):
+    """Decoder -> fused shaped loss. The unit that DDP/FSDP wrap, so their hooks see the whole forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, batch: torch.Tensor, weighting: TokenWeighting, chunk_size: int | None, need_stats: bool
+    ):
+        from rlready.models.heads import final_hidden_and_head
+
+        h = final_hidden_and_head(self.model, batch[:, :-1])
+        loss, stats = (
+            fused_linear_shaped_cross_entropy(
+                h.hidden,
+                h.weight,
+                batch[:, 1:],
+                bias=h.bias,
+                weighting=weighting,
+                reduction="sum",
+                return_stats=True,
+                chunk_size=chunk_size,
+            )
+            if need_stats
+            else (
+                fused_linear_shaped_cross_entropy(
+                    h.hidden,
+                    h.weight,
+                    batch[:, 1:],
+                    bias=h.bias,
+                    weighting=weighting,
+                    reduction="sum",
+                    chunk_size=chunk_size,
+                ),
+                None,
+            )
+        )
+        if h.aux_loss is not None:  # MoE load balancing: a per-token mean, scaled like the summed loss
+            loss = loss + h.aux_loss * batch[:, 1:].numel()
+        return loss, stats
+
+
+def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only (norms and biases are not decayed, as is usual)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2), eps=1e-8)
+
+
+# -- the loop ---------------------------------------------------------------------------------------------
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop finishes the current step, checkpoints and exits."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _model_state(model: nn.Module, cfg: RunConfig) -> dict[str, torch.Tensor]:
+    if cfg.train.fsdp and torch.distributed.is_initialized():
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return model.state_dict()
+
+
+def run(cfg: RunConfig, out: Path, *, overwrite: bool = False) -> dict[str, Any]:
+    """Train (or resume, or skip when finished) one pre-/mid-training run in ``out``; returns eval.json."""
+    d = dist.init()
+    try:
+        return _run(cfg, out, d, overwrite)
+    finally:
+        dist.close(d)
+
+
+def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, Any]:
+    import json
+
+    if cfg.stage == "midtrain" and not cfg.model.init:
+        raise ConfigError("midtrain needs --init MODEL_DIR (a pre-trained model)")
+    if cfg.model.init and not Path(cfg.model.init).is_dir():
+        raise ConfigError(f"--init {cfg.model.init!r} does not exist or is not a directory")
+    finished = prepare(out, cfg, overwrite=overwrite, is_main=d.is_main)
+    dist.barrier(d)
+    if finished:
+        return json.loads((out / "eval.json").read_text())
+
+    tc = cfg.train
+    world_size = d.world_size
+    if tc.batch_size % world_size:
+        raise ConfigError(
+            f"train.batch_size ({tc.batch_size}) must be divisible by the {world_size} processes"
+        )
+    per_rank = tc.batch_size // world_size
+    micro = min(tc.micro_batch, per_rank)
+    if per_rank % micro:
+        raise ConfigError(f"per-process batch {per_rank} must be a multiple of train.micro_batch ({micro})")
+
+    data = load_data(cfg, out, d)
+    model = load_or_build_model(cfg, data.tokenizer, d.device)
+    from rlready.data.loader import PackedBatches
+
+    loader = PackedBatches(
+        data.train, cfg.data.seq_len, per_rank, rank=d.rank, world_size=world_size, seed=cfg.seed
+    )
+    optimizer = make_optimizer(model, cfg)
+    warn = (lambda msg: print(f"rlready: warning: {msg}", flush=True)) if d.is_main else (lambda msg: None)
+    start_step, tokens_seen = 0, 0
+    ckpt = checkpoint.load_latest(out / "checkpoints", warn)
+    if ckpt is not None:
+        checkpoint.restore(ckpt, model, optimizer)
+        loader.load_state_dict(ckpt.state["loader"])
+        start_step, tokens_seen = ckpt.step, int(ckpt.state["tokens"])
+    wrapped = dist.wrap(ShapedLMLoss(model), d, fsdp=tc.fsdp)
+    knobs = {name: parse_schedule(getattr(cfg.loss, name)) for name in ("beta", "lam_head", "lam_tail")}
+    use_bf16 = tc.autocast == "bf16" or (tc.autocast == "auto" and d.device.type == "cuda")
+    autocast = (
+        (lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    )
+    global_tokens = tc.batch_size * cfg.data.seq_len
+    logger = RunLogger(
+        out,
+        total_steps=tc.max_steps,
+        start_step=start_step,
+        enabled=d.is_main,
+        progress=cfg.log.progress,
+        tensorboard=cfg.log.tensorboard,
+        wandb=cfg.log.wandb,
+        run_name=f"{cfg.stage}:{out.name}",
+        config=cfg.to_dict(),
+    )
+    if ckpt is not None:
+        logger.info(f"resuming from {ckpt.path.name} (step {start_step})")
+    bad_steps = 0
+    step = start_step
+    t_last, tok_last = time.perf_counter(), tokens_seen
+
+    def save(step: int) -> None:
+        state = _model_state(model, cfg)
+        if d.is_main:
+            checkpoint.save(
+                out / "checkpoints",
+                step,
+                model_state=state,
+                optimizer_state=optimizer.state_dict(),
+                state={"tokens": tokens_seen, "loader": loader.state_dict()},
+                keep=tc.keep_checkpoints,
+            )
+        dist.barrier(d)
+
+    with _StopFlag() as stop:
+        while step < tc.max_steps:
+            progress = step / max(1, tc.max_steps)
+            weighting = TokenWeighting(
+                beta=knobs["beta"](progress),
+                lam_head=knobs["lam_head"](progress),
+                lam_tail=knobs["lam_tail"](progress),
+                k=cfg.loss.k,
+            )
+            lr = wsd_lr(
+                step,
+                max_steps=tc.max_steps,
+                lr=tc.lr,
+                final_lr=tc.final_lr,
+                warmup_steps=tc.warmup_steps,
+                decay_fraction=tc.decay_fraction,
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            log_now = (step + 1) % tc.log_every == 0 or step + 1 == tc.max_steps
+            batch = next(loader).to(d.device)
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            stats_sum = None
+            n_micro = per_rank // micro
+            for i in range(n_micro):
+                mb = batch[i * micro : (i + 1) * micro]
+                sync = (
+                    contextlib.nullcontext()
+                    if (i == n_micro - 1 or not d.enabled or tc.fsdp)
+                    else wrapped.no_sync()
+                )
+                with sync, autocast():
+                    loss, stats = wrapped(mb, weighting, cfg.loss.chunk_size, log_now)
+                    # Global token mean: DDP averages over ranks, so scale each rank's sum by W / global tokens.
+                    (loss * (world_size / global_tokens)).backward()
+                loss_sum += loss.detach().double()
+                if stats is not None:
+                    stats_sum = stats if stats_sum is None else stats_sum + stats
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf")
+            )
+            loss_total = dist.all_reduce_sum(loss_sum.clone(), d) / global_tokens
+            finite = bool(torch.isfinite(loss_total)) and bool(torch.isfinite(grad_norm))
+            if not finite:
+                optimizer.zero_grad(set_to_none=True)
+                bad_steps += 1
+                warn(f"non-finite loss or gradient at step {step + 1}; step skipped ({bad_steps} in a row)")
+                if bad_steps >= tc.max_bad_steps:
+                    raise TrainingError(
+                        f"{bad_steps} non-finite steps in a row at step {step + 1}; stopping "
+                        f"(last good checkpoint kept; lower train.lr or check the data)"
+                    )
+            else:
+                bad_steps = 0
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += global_tokens
+            if log_now:
+                now = time.perf_counter()
+                record: dict[str, Any] = {
+                    "tokens": tokens_seen,
+                    "lr": lr,
+                    "loss": float(loss_total),
+                    "grad_norm": float(grad_norm),
+                    "beta": weighting.beta,
+                    "lam_head": weighting.lam_head,
+                    "lam_tail": weighting.lam_tail,
+                    "tokens_per_s": (tokens_seen - tok_last) / max(now - t_last, 1e-9),
+                }
+                if stats_sum is not None:
+                    s = stats_sum.as_tensor()
+                    dist.all_reduce_sum(s, d)
+                    m = type(stats_sum).from_tensor(s).means()
+                    record.update(
+                        ce=m["ce"],
+                        ppl=m["ppl"],
+                        entropy=m["entropy"],
+                        accuracy=m["accuracy"],
+                        head_mass=m["head_mass"],
+                    )
+                if tc.eval_every and step % tc.eval_every == 0 and d.is_main:
+                    from rlready.eval.lm import heldout_stats
+
+                    ev = heldout_stats(
+                        model,
+                        data.heldout,
+                        seq_len=cfg.data.seq_len,
+                        k=cfg.loss.k,
+                        max_tokens=cfg.eval.tokens,
+                    )
+                    record.update({f"eval_{k}": v for k, v in ev.items()})
+                logger.log(step, record)
+                t_last, tok_last = time.perf_counter(), tokens_seen
+            stop_now = dist.broadcast_flag(stop.signum is not None, d)
+            if stop_now or (tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.max_steps):
+                if finite:
+                    save(step)
+                if stop_now:
+                    logger.close()
+                    raise Interrupted(
+                        f"interrupted at step {step}; checkpoint written to {out / 'checkpoints'}; run the same command to resume"
+                    )
+    logger.close()
+    return _finish(cfg, out, model, data, d, step, tokens_seen)
+
+
+def _finish(
+    cfg: RunConfig, out: Path, model: nn.Module, data: LMData, d: dist.Dist, step: int, tokens: int
+) -> dict[str, Any]:
+    """Save ``final/`` (Hugging Face format) and evaluate it into ``eval.json``."""
+    from rlready.eval.lm import heldout_stats, knowledge_accuracy, reasoning_eval
+    from rlready.models import save_model
+
+    state = _model_state(model, cfg)
+    if not d.is_main:
+        return {}
+    if cfg.train.fsdp and d.enabled:
+        model = load_or_build_model(cfg, data.tokenizer, torch.device("cpu"))
+        model.load_state_dict(state)
+    model.generation_config.do_sample = False
+    save_model(model, data.tokenizer, out / "final")
+    ev: dict[str, Any] = {"step": step, "tokens": tokens}
+    ev.update(
+        heldout_stats(model, data.heldout, seq_len=cfg.data.seq_len, k=cfg.loss.k, max_tokens=cfg.eval.tokens)
+    )
+    if data.world is not None:
+        questions = data.world.knowledge_questions("eval")[: cfg.eval.knowledge_questions]
+        ev["knowledge"] = knowledge_accuracy(model, data.tokenizer, questions)
+        problems = data.world.reasoning_problems(cfg.eval.reasoning_problems, split="eval")
+        ev.update(
+            reasoning_eval(
+                model,
+                data.tokenizer,
+                problems,
+                n=cfg.eval.samples,
+                k=cfg.eval.pass_k,
+                temperature=cfg.eval.temperature,
+                top_p=cfg.eval.top_p,
+                max_new_tokens=cfg.eval.max_new_tokens,
+            )
+        )
+    write_json(out / "eval.json", ev)
+    return ev

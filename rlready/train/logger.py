@@ -1,0 +1,108 @@
+"""Run logging: ``metrics.jsonl`` always; a progress bar on a terminal, plain lines otherwise; TensorBoard
+and wandb (offline by default) when asked for. Only rank 0 logs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class RunLogger:
+    def __init__(
+        self,
+        out: Path,
+        *,
+        total_steps: int,
+        start_step: int,
+        enabled: bool,
+        progress: str = "auto",
+        tensorboard: bool = False,
+        wandb: bool = False,
+        run_name: str = "",
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self.enabled = enabled
+        self.total = total_steps
+        self.start_step = start_step
+        self.t0 = time.perf_counter()
+        self.bar = self.tb = self.wb = None
+        if not enabled:
+            return
+        self.metrics = (out / "metrics.jsonl").open("a")
+        use_bar = progress == "bar" or (progress == "auto" and sys.stderr.isatty())
+        if use_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total_steps, initial=start_step, desc=run_name, unit="step", dynamic_ncols=True
+            )
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        if wandb:
+            import wandb as wandb_mod
+
+            os.environ.setdefault("WANDB_MODE", "offline")
+            self.wb = wandb_mod.init(
+                project="rlready", name=run_name, dir=str(out), config=config, resume="allow"
+            )
+
+    def log(self, step: int, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: _jsonable(v) for k, v in record.items()}}
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wb is not None:
+            self.wb.log(scalars, step=step)
+        done = step - self.start_step
+        eta = (time.perf_counter() - self.t0) / max(done, 1) * (self.total - step)
+        summary = " ".join(
+            f"{k}={_fmt(record[k])}" for k in ("loss", "ce", "entropy", "tokens_per_s") if k in record
+        )
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix_str(summary, refresh=True)
+        else:
+            print(f"step {step}/{self.total} {summary} eta={eta:.0f}s", file=sys.stderr, flush=True)
+
+    def info(self, message: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.metrics.close()
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wb is not None:
+            self.wb.finish()
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,76 @@
+"""The run directory contract shared by every stage.
+
+``DIR/config.json`` (resolved configuration), ``metrics.jsonl``, ``checkpoints/``, ``eval.json``, ``final/``
+(Hugging Face format). Running the same command on the same ``DIR`` resumes; a finished run (``eval.json``
+and ``final/`` present) is not retrained; a ``DIR`` holding a run of another configuration is refused unless
+``--overwrite`` is given. Nothing that existed is changed before these checks pass.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rlready.config import ConfigError, RunConfig
+
+# Sections that do not change what is computed: a resumed run may change them.
+_FREE = ("log",)
+
+
+def _comparable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in _FREE}
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return f"{prefix.rstrip('.')}: {a!r} there, {b!r} now"
+
+
+def prepare(out: Path, cfg: RunConfig, *, overwrite: bool, is_main: bool = True) -> bool:
+    """Check ``out`` against ``cfg``; returns True when the run there is already finished."""
+    saved = out / "config.json"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not saved.is_file():
+            if not overwrite:
+                raise ConfigError(
+                    f"--out {str(out)!r} is not empty and holds no rlready run (use another directory)"
+                )
+        else:
+            try:
+                previous = json.loads(saved.read_text())
+            except (OSError, ValueError):
+                previous = None
+            if previous is None or _comparable(previous) != _comparable(cfg.to_dict()):
+                if not overwrite:
+                    why = (
+                        "unreadable config.json"
+                        if previous is None
+                        else _first_difference(_comparable(previous), _comparable(cfg.to_dict()))
+                    )
+                    raise ConfigError(
+                        f"--out {str(out)!r} holds a run with a different configuration ({why}); "
+                        "use another directory or --overwrite"
+                    )
+            elif not overwrite:
+                return (out / "eval.json").is_file() and (out / "final" / "config.json").is_file()
+        if overwrite and is_main:
+            shutil.rmtree(out)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = saved.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+        tmp.replace(saved)
+    return False
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
