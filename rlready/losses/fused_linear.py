@@ -8,8 +8,10 @@ immediately turned into ``grad_hidden = G W`` and ``grad_weight += G^T h``; back
 upstream gradient differs per token and must be applied before the rows are summed into ``grad_weight``, so
 the forward pass keeps nothing but its inputs and backward recomputes each chunk.
 
-Chunk size: by default ``next_pow2(ceil(N / ceil(V / H)))`` rows, Liger's rule: a chunk of logits is then about
-the size of ``hidden`` itself, so the loss adds O(N H + V H) memory (the gradients) instead of O(N V).
+Chunk size: by default the larger of Liger's rule, ``ceil(N / ceil(V / H))`` rows (a chunk of logits is then
+about the size of ``hidden`` itself), and ``2**20 / V`` rows (4 MiB of fp32 logits), rounded up to a power of
+two. The floor matters for small vocabularies, where Liger's rule gives chunks so small that per-call
+overhead (``topk``, kernel launches) dominates; the loss still adds only O(N H + V H + 2**20) memory.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from .stats import LossStats
 from .validate import check_reduction, check_targets, compute_dtype, resolve_weighting
 
 
+MIN_CHUNK_ELEMENTS = 1 << 20
+
+
 def default_chunk_size(N: int, V: int, H: int) -> int:
-    rows = math.ceil(N / max(1, math.ceil(V / max(H, 1))))
-    return 1 << max(0, (rows - 1).bit_length())
+    rows = max(math.ceil(N / max(1, math.ceil(V / max(H, 1)))), MIN_CHUNK_ELEMENTS // max(V, 1), 1)
+    return min(1 << (rows - 1).bit_length(), max(N, 1))
 
 
 def _chunked(h2, weight, bias, t, w, ignore_index, chunk, *, scale, need_stats, want):
