@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
