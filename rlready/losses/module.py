@@ -17,6 +17,13 @@ from .stats import LossStats
 from .validate import check_reduction
 
 
+def _knob(name: str, value: float | str | Schedule) -> Schedule:
+    try:
+        return parse_schedule(value)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+
+
 class ShapedCrossEntropy(nn.Module):
     def __init__(
         self,
@@ -29,7 +36,9 @@ class ShapedCrossEntropy(nn.Module):
     ) -> None:
         super().__init__()
         check_reduction(reduction)
-        self.beta, self.lam_head, self.lam_tail = (parse_schedule(v) for v in (beta, lam_head, lam_tail))
+        self.beta = _knob("beta", beta)
+        self.lam_head = _knob("lam_head", lam_head)
+        self.lam_tail = _knob("lam_tail", lam_tail)
         self.k, self.ignore_index, self.reduction = k, ignore_index, reduction
         self.progress = 0.0
         self.weighting()  # validate k and the knobs now, not at the first step
