@@ -308,15 +308,8 @@ def test_schemes_are_exported_from_the_package():
 
 def test_token_weighting_defaults_and_frozen():
     w = TokenWeighting()
-    assert (w.beta, w.gamma, w.alpha, w.lam_head, w.lam_tail, w.k, w.label_smoothing) == (
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        100,
-        0.0,
-    )
+    expected = dict(beta=0.0, gamma=0.0, alpha=0.0, lam_head=0.0, lam_tail=0.0, k=100, label_smoothing=0.0)
+    assert {name: getattr(w, name) for name in expected} == expected
     with pytest.raises(dataclasses.FrozenInstanceError):
         w.beta = 1.0  # type: ignore[misc]
 
