@@ -1,0 +1,270 @@
+"""Run configuration: every field settable from the command line, YAML and TOML; bad values name the field."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from rlready import config
+from rlready.config import ConfigError, RunConfig
+
+# One valid, non-default value per field of the pre-/mid-training sections (native Python types).
+VALUES: dict[str, object] = {
+    "seed": 7,
+    "model.preset": "small",
+    "model.init": "/models/base",
+    "model.rope_theta": 1e6,
+    "model.dtype": "bfloat16",
+    "data.path": "/data/corpus.jsonl",
+    "data.text_field": "body",
+    "data.tokenizer": "/tok",
+    "data.vocab_size": 512,
+    "data.seq_len": 64,
+    "data.world_seed": 3,
+    "data.world_chars": 1000,
+    "data.cache_dir": "/cache",
+    "loss.beta": "-0.25",
+    "loss.lam_head": "0.1",
+    "loss.lam_tail": "linear:0:-0.1",
+    "loss.k": 7,
+    "loss.chunk_size": 1024,
+    "train.max_steps": 11,
+    "train.batch_size": 8,
+    "train.micro_batch": 4,
+    "train.lr": 1e-3,
+    "train.final_lr": 1e-5,
+    "train.warmup_steps": 2,
+    "train.decay_fraction": 0.5,
+    "train.weight_decay": 0.05,
+    "train.grad_clip": 0.5,
+    "train.beta1": 0.8,
+    "train.beta2": 0.9,
+    "train.checkpoint_every": 5,
+    "train.keep_checkpoints": 3,
+    "train.log_every": 2,
+    "train.eval_every": 4,
+    "train.autocast": "off",
+    "train.fsdp": True,
+    "train.max_bad_steps": 5,
+    "eval.tokens": 100,
+    "eval.knowledge_questions": 3,
+    "eval.reasoning_problems": 2,
+    "eval.samples": 4,
+    "eval.pass_k": 2,
+    "eval.temperature": 1.0,
+    "eval.top_p": 0.9,
+    "eval.max_new_tokens": 8,
+    "log.tensorboard": True,
+    "log.wandb": True,
+    "log.progress": "lines",
+}
+SECTIONS = ("model", "data", "loss", "train", "eval", "log")
+
+
+def _get(cfg: RunConfig, dotted: str) -> object:
+    obj: object = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _as_cli(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _nested(values: dict[str, object]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for dotted, value in values.items():
+        if "." in dotted:
+            section, name = dotted.split(".")
+            out.setdefault(section, {})[name] = value  # type: ignore[index]
+        else:
+            out[dotted] = value
+    return out
+
+
+def _toml(values: dict[str, object]) -> str:
+    def lit(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        return repr(v)
+
+    top = [f"{k} = {lit(v)}" for k, v in values.items() if "." not in k]
+    lines = top[:]
+    for section in SECTIONS:
+        items = {k.split(".")[1]: v for k, v in values.items() if k.startswith(section + ".")}
+        if items:
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {lit(v)}" for k, v in items.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_table_covers_every_field_of_the_stage_sections():
+    fields = {"seed"}
+    for section in SECTIONS:
+        fields |= {f"{section}.{f.name}" for f in dataclasses.fields(getattr(RunConfig(), section))}
+    assert fields == set(VALUES)
+
+
+@pytest.mark.parametrize("dotted", sorted(VALUES))
+def test_each_field_from_the_command_line(dotted):
+    value = VALUES[dotted]
+    default = _get(config.resolve("pretrain", "tiny"), dotted)
+    assert default != value  # otherwise the test would not show the override took effect
+    cfg = config.resolve(
+        "pretrain", "tiny", overrides=config.parse_overrides([f"--{dotted}", _as_cli(value)])
+    )
+    assert _get(cfg, dotted) == value
+    cfg = config.resolve(
+        "pretrain", "tiny", overrides=config.parse_overrides([f"--{dotted}={_as_cli(value)}"])
+    )
+    assert _get(cfg, dotted) == value
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "toml"])
+def test_every_field_from_a_file(tmp_path, fmt):
+    import yaml
+
+    path = tmp_path / f"run.{fmt}"
+    path.write_text(yaml.safe_dump(_nested(VALUES)) if fmt == "yaml" else _toml(VALUES))
+    cfg = config.resolve("pretrain", "tiny", file=path)
+    for dotted, value in VALUES.items():
+        assert _get(cfg, dotted) == value, dotted
+
+
+def test_precedence_defaults_then_file_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  max_steps: 50\n  lr: 0.01\n")
+    cfg = config.resolve("pretrain", "tiny", file=path, overrides=[("train.lr", "0.02")])
+    assert (cfg.train.max_steps, cfg.train.lr) == (50, 0.02)
+    assert cfg.train.batch_size == config.resolve("pretrain", "tiny").train.batch_size
+
+
+def test_optional_fields_accept_none_and_integers_accept_integral_floats():
+    cfg = config.resolve(
+        "pretrain", "tiny", overrides=[("loss.chunk_size", "none"), ("train.max_steps", "1e3")]
+    )
+    assert cfg.loss.chunk_size is None and cfg.train.max_steps == 1000
+    cfg = config.resolve("pretrain", "tiny", overrides=[("train.max_steps", "1_000")])
+    assert cfg.train.max_steps == 1000
+
+
+def test_midtrain_defaults_follow_the_paper_recipe():
+    pre, mid = config.resolve("pretrain", "tiny"), config.resolve("midtrain", "tiny")
+    assert mid.model.rope_theta == 1e6
+    assert mid.data.seq_len > pre.data.seq_len
+    assert mid.train.lr == pre.train.lr and mid.train.final_lr == pytest.approx(pre.train.lr / 10)
+    assert (mid.train.warmup_steps, mid.train.decay_fraction) == (0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        ([("loss.k", "0")], "loss.k"),
+        ([("loss.k", "-3")], "loss.k"),
+        ([("loss.k", "1.5")], "loss.k"),
+        ([("loss.beta", "nan")], "loss.beta"),
+        ([("loss.beta", "inf")], "loss.beta"),
+        ([("loss.beta", "-inf")], "loss.beta"),
+        ([("loss.lam_tail", "linear:0:nan")], "loss.lam_tail"),
+        ([("loss.lam_head", "abc")], "loss.lam_head"),
+        ([("train.max_steps", "-1")], "train.max_steps"),
+        ([("train.max_steps", "0")], "train.max_steps"),
+        ([("train.warmup_steps", "-1")], "train.warmup_steps"),
+        ([("train.checkpoint_every", "-5")], "train.checkpoint_every"),
+        ([("train.lr", "abc")], "train.lr"),
+        ([("train.lr", "nan")], "train.lr"),
+        ([("train.lr", "-1e-3")], "train.lr"),
+        ([("train.decay_fraction", "1.5")], "train.decay_fraction"),
+        ([("train.fsdp", "maybe")], "train.fsdp"),
+        ([("train.autocast", "fp8")], "train.autocast"),
+        ([("data.seq_len", "0")], "data.seq_len"),
+        ([("data.vocab_size", "100")], "data.vocab_size"),
+        ([("model.rope_theta", "-1")], "model.rope_theta"),
+        ([("model.dtype", "int8")], "model.dtype"),
+        ([("model.preset", "huge")], "huge"),
+        ([("eval.pass_k", "9"), ("eval.samples", "8")], "eval.pass_k"),
+        ([("seed", "x")], "seed"),
+        ([("train.nope", "1")], "train.nope"),
+        ([("nope.x", "1")], "nope.x"),
+        ([("nope", "1")], "nope"),
+        ([("train", "1")], "train"),
+        ([("train.lr.x", "1")], "train.lr.x"),
+    ],
+)
+def test_bad_override_names_the_field(overrides, names):
+    with pytest.raises(ConfigError, match=None) as err:
+        config.resolve("pretrain", "tiny", overrides=overrides)
+    assert names in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown preset 'huge'.*tiny"):
+        config.resolve("pretrain", "huge")
+
+
+def test_batch_must_split_into_micro_batches():
+    with pytest.raises(ConfigError, match="train.micro_batch"):
+        config.resolve("pretrain", "tiny", overrides=[("train.batch_size", "10"), ("train.micro_batch", "4")])
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        ("bad.yaml", "train: [1, 2\n", "malformed YAML"),
+        ("bad.yml", "train:\n  lr: 1\n bad indent: 2\n", "malformed YAML"),
+        ("bad.toml", "[train\nlr = 1\n", "malformed TOML"),
+        ("bad2.toml", "[train]\nlr = \n", "malformed TOML"),
+        ("list.yaml", "- 1\n- 2\n", "mapping"),
+        ("run.json", "{}", r"\.yaml, \.yml or \.toml"),
+        ("field.yaml", "train:\n  nope: 1\n", "train.nope"),
+        ("section.toml", "[nope]\nx = 1\n", "nope.x"),
+        ("value.yaml", "loss:\n  beta: .nan\n", "loss.beta"),
+        ("value.toml", "[loss]\nk = 0\n", "loss.k"),
+        ("type.toml", '[train]\nlr = "abc"\n', "train.lr"),
+        ("nested.yaml", "train:\n  lr: {a: 1}\n", "train.lr"),
+        ("bool.yaml", "train:\n  max_steps: true\n", "train.max_steps"),
+    ],
+)
+def test_bad_config_files(tmp_path, name, text, match):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match) as err:
+        config.resolve("pretrain", "tiny", file=path)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.resolve("pretrain", "tiny", file=tmp_path / "none.yaml")
+
+
+def test_empty_yaml_file_changes_nothing(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert config.resolve("pretrain", "tiny", file=path) == config.resolve("pretrain", "tiny")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["train.lr", "1"], ["--"], ["--train.lr"], ["--a", "1", "stray"]],
+    ids=["bare", "dashes", "novalue", "stray"],
+)
+def test_malformed_override_arguments(args):
+    with pytest.raises(ConfigError):
+        config.parse_overrides(args)
+
+
+def test_saved_config_round_trips():
+    cfg = config.resolve(
+        "midtrain", "tiny", overrides=[(k, _as_cli(v)) for k, v in VALUES.items() if k != "model.preset"]
+    )
+    text = config.dumps(cfg)
+    again = config.from_dict(json.loads(text))
+    assert again == cfg
+    assert config.dumps(again) == text
