@@ -26,7 +26,6 @@ from .shaped_ce import reduce_rows
 from .stats import LossStats
 from .validate import check_reduction, check_targets, compute_dtype, resolve_weighting
 
-
 MIN_CHUNK_ELEMENTS = 1 << 20
 
 

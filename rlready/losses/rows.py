@@ -46,6 +46,7 @@ def _log_target_weight(logp_x: torch.Tensor, w: TokenWeighting) -> torch.Tensor:
     ``1 - (1 - p)**beta`` is computed as ``-expm1(beta * log1m)`` with ``log1m = log(-expm1(log p))``: exact
     at ``p -> 0`` (where it is ``~ beta * p``) and at ``p -> 1``. For ``beta < -1`` the reward has no bound as
     ``p_x -> 1`` (PAPER.md §2); ``log f`` is capped at ``log(finfo.max) / 2`` there so that it stays finite.
+    For ``-1 <= beta < 0`` the limit at ``p_x = 1`` is finite (``e`` at ``beta = -1``) and is kept.
     """
     cap = math.log(torch.finfo(logp_x.dtype).max) / 2.0
     log_f = logp_x * w.alpha if w.alpha != 0.0 else torch.zeros_like(logp_x)
@@ -53,7 +54,14 @@ def _log_target_weight(logp_x: torch.Tensor, w: TokenWeighting) -> torch.Tensor:
         tiny = torch.finfo(logp_x.dtype).tiny
         log1m = torch.log(-torch.expm1(logp_x.clamp(max=-tiny)))  # log(1 - p_x), finite
         if w.beta != 0.0:
-            log_f = log_f - logp_x * torch.expm1((w.beta * log1m).clamp(max=cap))
+            # log p_x * (1 - (1-p_x)**beta) = -log p_x * expm1(x),  x = beta * log(1 - p_x).
+            # Small x: the expm1 form is exact (p_x -> 0). Large x (p_x -> 1, beta < 0): the product of a
+            # huge expm1 and a tiny -log p_x is formed in log space, which keeps its finite limit
+            # (e.g. e at beta = -1) instead of overflowing.
+            x = w.beta * log1m
+            neg_logp = (-logp_x).clamp(min=tiny)
+            big = torch.exp((x + torch.log(neg_logp)).clamp(max=cap)) - neg_logp
+            log_f = log_f + torch.where(x > 1.0, big, neg_logp * torch.expm1(x.clamp(max=1.0)))
         if w.gamma != 0.0:
             log_f = log_f + w.gamma * log1m
     return log_f.clamp(max=cap)
