@@ -93,6 +93,8 @@ def save(
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(f".{_PREFIX}*.tmp-*"):  # left by a process killed while writing
+        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"{_PREFIX}{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
     try:

@@ -27,7 +27,7 @@ from rlready.config import ConfigError, RunConfig
 from rlready.losses import TokenWeighting, fused_linear_shaped_cross_entropy, parse_schedule
 from rlready.train import checkpoint, dist
 from rlready.train.logger import RunLogger
-from rlready.train.rundir import prepare, write_json
+from rlready.train.rundir import check_run_dir, prepare, write_json
 from rlready.train.schedule import wsd_lr
 
 
@@ -66,13 +66,45 @@ def _heldout_world_text(world: Any, stage: str, n_chars: int) -> list[str]:
     return docs
 
 
-def load_data(cfg: RunConfig, out: Path, d: dist.Dist) -> LMData:
-    from rlready.data import shards, sources, tokenizer, world
+@dataclass
+class Inputs:
+    """What a run reads besides its own directory, checked before the directory is touched."""
+
+    source: Any  # rlready.data.sources.TextSource, or None for the synthetic world
+    tokenizer: Any  # the tokenizer of data.tokenizer, or None
+    init_model: nn.Module | None  # the model of --init, or None
+
+
+def check_inputs(cfg: RunConfig, device: torch.device) -> Inputs:
+    """Open the data, tokenizer and ``--init`` model so that a bad one fails before ``--out`` is written.
+
+    The first document is read, so an empty source or a missing text field is reported here too.
+    """
+    from rlready.data import sources, tokenizer
+    from rlready.models import load_model
+    from rlready.models.io import check_tokenizer_fits
+
+    src = None
+    if cfg.data.path:
+        src = sources.open_source(cfg.data.path, text_field=cfg.data.text_field)
+        next(iter(src.documents()))  # raises DataSourceError when there is no document
+    tok = tokenizer.load_tokenizer(cfg.data.tokenizer) if cfg.data.tokenizer else None
+    model = None
+    if cfg.model.init:
+        dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
+        model = load_model(cfg.model.init, dtype=dtype, device=device)
+        if tok is not None:
+            check_tokenizer_fits(tok, model)
+    return Inputs(src, tok, model)
+
+
+def load_data(cfg: RunConfig, out: Path, d: dist.Dist, inputs: Inputs) -> LMData:
+    from rlready.data import shards, tokenizer, world
 
     stage = "midtrain" if cfg.stage == "midtrain" else "pretrain"
     the_world = None
-    if cfg.data.path:
-        src = sources.open_source(cfg.data.path, text_field=cfg.data.text_field)
+    if inputs.source is not None:
+        src = inputs.source
         identity = src.identity()
         documents = src.documents
     else:
@@ -83,8 +115,8 @@ def load_data(cfg: RunConfig, out: Path, d: dist.Dist) -> LMData:
             return the_world.documents(stage, n_chars=cfg.data.world_chars)
 
     tok_dir = out / "tokenizer"
-    if cfg.data.tokenizer:
-        tok = tokenizer.load_tokenizer(cfg.data.tokenizer)
+    if inputs.tokenizer is not None:
+        tok = inputs.tokenizer
     elif cfg.model.init and (Path(cfg.model.init) / "tokenizer.json").is_file():
         tok = tokenizer.load_tokenizer(cfg.model.init)
     elif (tok_dir / "tokenizer.json").is_file():
@@ -121,14 +153,19 @@ def load_data(cfg: RunConfig, out: Path, d: dist.Dist) -> LMData:
 # -- model ------------------------------------------------------------------------------------------------
 
 
-def load_or_build_model(cfg: RunConfig, tok: Any, device: torch.device) -> nn.Module:
+def load_or_build_model(
+    cfg: RunConfig, tok: Any, device: torch.device, init_model: nn.Module | None = None
+) -> nn.Module:
+    """The ``--init`` model (already loaded by ``check_inputs``, or loaded here), or a fresh one."""
     from rlready.models import build_config, build_model, load_model, set_rope_theta
+    from rlready.models.io import check_tokenizer_fits
 
     dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
     if cfg.model.init:
-        model = load_model(cfg.model.init, dtype=dtype, device=device)
-        if len(tok) > model.get_input_embeddings().weight.shape[0]:
-            raise ConfigError(f"tokenizer has {len(tok)} tokens, more than the model's embedding rows")
+        model = (
+            init_model if init_model is not None else load_model(cfg.model.init, dtype=dtype, device=device)
+        )
+        check_tokenizer_fits(tok, model)
         if cfg.model.rope_theta is not None:
             set_rope_theta(model, cfg.model.rope_theta)
         return model
@@ -240,10 +277,12 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
         raise ConfigError("midtrain needs --init MODEL_DIR (a pre-trained model)")
     if cfg.model.init and not Path(cfg.model.init).is_dir():
         raise ConfigError(f"--init {cfg.model.init!r} does not exist or is not a directory")
-    finished = prepare(out, cfg, overwrite=overwrite, is_main=d.is_main)
-    dist.barrier(d)
-    if finished:
+    # Read-only checks first: a refused --out or a bad input leaves everything on disk as it was.
+    if check_run_dir(out, cfg, overwrite=overwrite):
         return json.loads((out / "eval.json").read_text())
+    inputs = check_inputs(cfg, d.device)
+    prepare(out, cfg, overwrite=overwrite, is_main=d.is_main)
+    dist.barrier(d)
 
     tc = cfg.train
     world_size = d.world_size
@@ -256,8 +295,8 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
     if per_rank % micro:
         raise ConfigError(f"per-process batch {per_rank} must be a multiple of train.micro_batch ({micro})")
 
-    data = load_data(cfg, out, d)
-    model = load_or_build_model(cfg, data.tokenizer, d.device)
+    data = load_data(cfg, out, d, inputs)
+    model = load_or_build_model(cfg, data.tokenizer, d.device, inputs.init_model)
     from rlready.data.loader import PackedBatches
 
     loader = PackedBatches(
@@ -297,6 +336,14 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
 
     def save(step: int) -> None:
         state = _model_state(model, cfg)
+        # A finite loss and gradient can still give non-finite weights (e.g. an overflowing update); such a
+        # checkpoint would replace a good one through pruning, so it is never written.
+        weights_ok = all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+        if not dist.broadcast_flag(weights_ok, d):
+            raise TrainingError(
+                f"non-finite weights at step {step}; checkpoint not written (the last good one is kept; "
+                "lower train.lr)"
+            )
         if d.is_main:
             checkpoint.save(
                 out / "checkpoints",

@@ -33,6 +33,7 @@ class RunLogger:
         self.bar = self.tb = self.wb = None
         if not enabled:
             return
+        _drop_records_after(out / "metrics.jsonl", start_step)
         self.metrics = (out / "metrics.jsonl").open("a")
         use_bar = progress == "bar" or (progress == "auto" and sys.stderr.isatty())
         if use_bar:
@@ -94,6 +95,27 @@ class RunLogger:
             self.tb.close()
         if self.wb is not None:
             self.wb.finish()
+
+
+def _drop_records_after(path: Path, step: int) -> None:
+    """Keep only the records of steps <= ``step``, so a resumed run logs each step once.
+
+    A killed run may have logged steps after its last checkpoint (they are trained again on resume) and
+    may have left a torn last line; both are dropped. The file is replaced atomically.
+    """
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            keep.append(line + "\n")
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(keep))
+    tmp.replace(path)
 
 
 def _jsonable(v: Any) -> Any:

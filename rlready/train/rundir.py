@@ -31,39 +31,41 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
     return f"{prefix.rstrip('.')}: {a!r} there, {b!r} now"
 
 
-def prepare(out: Path, cfg: RunConfig, *, overwrite: bool, is_main: bool = True) -> bool:
-    """Check ``out`` against ``cfg``; returns True when the run there is already finished."""
+def check_run_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> bool:
+    """Read-only check of ``out`` against ``cfg``: True when the run there is finished, ConfigError if refused."""
     saved = out / "config.json"
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not saved.is_file():
-            if not overwrite:
-                raise ConfigError(
-                    f"--out {str(out)!r} is not empty and holds no rlready run (use another directory)"
-                )
-        else:
-            try:
-                previous = json.loads(saved.read_text())
-            except (OSError, ValueError):
-                previous = None
-            if previous is None or _comparable(previous) != _comparable(cfg.to_dict()):
-                if not overwrite:
-                    why = (
-                        "unreadable config.json"
-                        if previous is None
-                        else _first_difference(_comparable(previous), _comparable(cfg.to_dict()))
-                    )
-                    raise ConfigError(
-                        f"--out {str(out)!r} holds a run with a different configuration ({why}); "
-                        "use another directory or --overwrite"
-                    )
-            elif not overwrite:
-                return (out / "eval.json").is_file() and (out / "final" / "config.json").is_file()
-        if overwrite and is_main:
-            shutil.rmtree(out)
+    if not out.is_dir() or not any(out.iterdir()) or overwrite:
+        return False
+    if not saved.is_file():
+        raise ConfigError(f"--out {str(out)!r} is not empty and holds no rlready run (use another directory)")
+    try:
+        previous = json.loads(saved.read_text())
+    except (OSError, ValueError):
+        previous = None
+    now = _comparable(cfg.to_dict())
+    if previous is None or _comparable(previous) != now:
+        why = "unreadable config.json" if previous is None else _first_difference(_comparable(previous), now)
+        raise ConfigError(
+            f"--out {str(out)!r} holds a run with a different configuration ({why}); "
+            "use another directory or --overwrite"
+        )
+    return (out / "eval.json").is_file() and (out / "final" / "config.json").is_file()
+
+
+def prepare(out: Path, cfg: RunConfig, *, overwrite: bool, is_main: bool = True) -> bool:
+    """Check ``out`` (``check_run_dir``), then clear it if ``overwrite`` and save ``config.json``.
+
+    Returns True (and writes nothing) when the run there is already finished.
+    """
+    if check_run_dir(out, cfg, overwrite=overwrite):
+        return True
     if is_main:
+        if overwrite and out.is_dir():
+            shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
+        saved = out / "config.json"
         tmp = saved.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
         tmp.replace(saved)
