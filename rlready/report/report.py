@@ -1,0 +1,460 @@
+"""``report.md`` and its figures, mirroring the paper's at this scale (PAPER.md §4).
+
+Figures: perplexity and entropy vs tokens in pre-training; knowledge and reasoning after mid-training; RL
+accuracy, policy entropy and response length vs step; Pass@k vs k after RL. Tables per stage. Then each claim
+of the paper next to the measured outcome: reproduced, not reproduced, or inconclusive given the spread
+across seeds (mean +- std; with one seed no spread exists and the verdict says so).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from rlready.report.summary import read_metrics
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float, int]:
+    vals = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(float(v))]
+    if not vals:
+        return float("nan"), float("nan"), 0
+    m = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return m, float("nan"), 1
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)), len(vals)
+
+
+def _fmt(values: list[float], digits: int = 3) -> str:
+    m, s, n = _mean_std(values)
+    if n == 0:
+        return "–"
+    return f"{m:.{digits}f}" if n == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def _by_config(summary: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for run in summary["runs"]:
+        groups[run["name"]].append(run)
+    return groups
+
+
+def _values(runs: list[dict[str, Any]], stage: str, key: str) -> list[float]:
+    out = []
+    for r in runs:
+        v = r.get(stage, {})
+        for part in key.split("/"):
+            v = v.get(part, {}) if isinstance(v, dict) else {}
+        if isinstance(v, (int, float)):
+            out.append(float(v))
+    return out
+
+
+# -- figures ----------------------------------------------------------------------------------------------
+
+
+def _plot_curves(ax, study: Path, groups, stage: str, x: str, y: str, title: str, smooth: int = 1) -> bool:
+    drawn = False
+    for i, (name, runs) in enumerate(groups.items()):
+        for j, run in enumerate(runs):
+            recs = [
+                r for r in read_metrics(study / run["dir"] / stage / "metrics.jsonl") if y in r and x in r
+            ]
+            if not recs:
+                continue
+            xs = [r[x] for r in recs]
+            ys = [r[y] for r in recs]
+            if smooth > 1:
+                ys = [
+                    sum(ys[max(0, t - smooth + 1) : t + 1]) / len(ys[max(0, t - smooth + 1) : t + 1])
+                    for t in range(len(ys))
+                ]
+            ax.plot(
+                xs,
+                ys,
+                color=PALETTE[i % len(PALETTE)],
+                alpha=0.9 if j == 0 else 0.5,
+                label=name if j == 0 else None,
+            )
+            drawn = True
+    ax.set_title(title)
+    ax.set_xlabel(x)
+    ax.grid(alpha=0.3)
+    return drawn
+
+
+def _first_key(study: Path, groups, stage: str, pattern: str) -> str | None:
+    for runs in groups.values():
+        for run in runs:
+            for rec in read_metrics(study / run["dir"] / stage / "metrics.jsonl"):
+                for key in rec:
+                    if re.fullmatch(pattern, key):
+                        return key
+    return None
+
+
+def make_figures(study: Path, summary: dict[str, Any]) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _by_config(summary)
+    fig_dir = study / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    made: list[tuple[str, str]] = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    _plot_curves(
+        axes[0], study, groups, "pretrain", "tokens", "ppl", "pre-training perplexity (train batches)"
+    )
+    axes[0].set_yscale("log")
+    _plot_curves(
+        axes[1], study, groups, "pretrain", "tokens", "entropy", "pre-training mean token entropy (nats)"
+    )
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(fig_dir / "pretrain.png", dpi=110)
+    plt.close(fig)
+    made.append(("pretrain.png", "Pre-training: perplexity and entropy vs tokens"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    names = list(groups)
+    for ax, key, title in (
+        (axes[0], "knowledge", "knowledge (fact recall)"),
+        (axes[1], "reasoning", "reasoning (greedy accuracy)"),
+    ):
+        for stage, offset, hatch in (("pretrain", -0.2, "//"), ("midtrain", 0.2, "")):
+            stats = [_mean_std(_values(groups[n], stage, key)) for n in names]
+            ax.bar(
+                [i + offset for i in range(len(names))],
+                [s[0] for s in stats],
+                width=0.4,
+                yerr=[0 if math.isnan(s[1]) else s[1] for s in stats],
+                hatch=hatch,
+                alpha=0.8,
+                color=[PALETTE[i % len(PALETTE)] for i in range(len(names))],
+                label=f"after {stage}",
+            )
+        ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+        ax.set_title(title)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(fig_dir / "midtrain.png", dpi=110)
+    plt.close(fig)
+    made.append(("midtrain.png", "Knowledge and reasoning after pre-training (hatched) and mid-training"))
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    eval_key = _first_key(study, groups, "rl", r"eval_avg@\d+")
+    panels = (
+        (
+            axes[0, 0],
+            eval_key or "accuracy",
+            "RL held-out " + (eval_key or "training accuracy").replace("eval_", ""),
+        ),
+        (axes[0, 1], "accuracy", "RL training accuracy (rollouts)"),
+        (axes[1, 0], "entropy", "RL policy entropy"),
+        (axes[1, 1], "response_len_mean", "RL response length (tokens)"),
+    )
+    for ax, key, title in panels:
+        _plot_curves(ax, study, groups, "rl", "step", key, title, smooth=1 if key.startswith("eval_") else 5)
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(fig_dir / "rl.png", dpi=110)
+    plt.close(fig)
+    made.append(("rl.png", "RL: accuracy, policy entropy and response length vs step"))
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, (name, runs) in enumerate(groups.items()):
+        for stage, style in (("rl", "-"), ("rl/initial", ":")):
+            ks = sorted(
+                {
+                    int(m.group(1))
+                    for r in runs
+                    for key in _stage_dict(r, stage)
+                    if (m := re.fullmatch(r"pass@(\d+)", key))
+                }
+            )
+            if not ks:
+                continue
+            ys = [
+                _mean_std(_values(runs, "rl", f"{'initial/' if stage != 'rl' else ''}pass@{k}"))[0]
+                for k in ks
+            ]
+            ax.plot(
+                ks,
+                ys,
+                style,
+                marker="o",
+                color=PALETTE[i % len(PALETTE)],
+                label=f"{name}" + (" (before RL)" if stage != "rl" else ""),
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k")
+    ax.set_title("Pass@k after RL (dotted: before RL)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(fig_dir / "passk.png", dpi=110)
+    plt.close(fig)
+    made.append(("passk.png", "Pass@k vs k, after RL (solid) and before (dotted)"))
+    return made
+
+
+def _stage_dict(run: dict[str, Any], stage: str) -> dict[str, Any]:
+    d: Any = run
+    for part in stage.split("/"):
+        d = d.get(part, {}) if isinstance(d, dict) else {}
+    return d if isinstance(d, dict) else {}
+
+
+# -- claims -----------------------------------------------------------------------------------------------
+
+
+def verdict(a: list[float], b: list[float], *, larger: bool) -> str:
+    """Does ``mean(a) > mean(b)`` (``larger``) or ``<`` hold beyond two standard errors of the difference?"""
+    ma, sa, na = _mean_std(a)
+    mb, sb, nb = _mean_std(b)
+    if na == 0 or nb == 0:
+        return "not measured"
+    diff = ma - mb if larger else mb - ma
+    if na < 2 or nb < 2:
+        return "consistent (1 seed, no error bar)" if diff > 0 else "not consistent (1 seed, no error bar)"
+    se = math.sqrt(sa**2 / na + sb**2 / nb)
+    if diff > 2 * se:
+        return "reproduced"
+    if diff < -2 * se:
+        return "not reproduced"
+    return "inconclusive (within the spread across seeds)"
+
+
+def claims(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
+    g = _by_config(summary)
+
+    def v(name: str, stage: str, key: str) -> list[float]:
+        return _values(g.get(name, []), stage, key)
+
+    rows: list[tuple[str, str, str]] = []
+
+    def add(claim: str, a: list[float], b: list[float], larger: bool, what: str) -> None:
+        rows.append((claim, f"{_fmt(a)} vs {_fmt(b)} ({what})", verdict(a, b, larger=larger)))
+
+    add(
+        "Lower entropy after pre-training with beta=-0.25 than CE",
+        v("beta=-0.25", "pretrain", "entropy"),
+        v("CE", "pretrain", "entropy"),
+        False,
+        "entropy",
+    )
+    add(
+        "Higher entropy after pre-training with beta=0.5 than CE",
+        v("beta=0.5", "pretrain", "entropy"),
+        v("CE", "pretrain", "entropy"),
+        True,
+        "entropy",
+    )
+    ppl = {n: _mean_std(v(n, "pretrain", "ppl"))[0] for n in ("CE", "beta=-0.25", "beta=0.5")}
+    finite = [p for p in ppl.values() if math.isfinite(p)]
+    if len(finite) >= 2:
+        spread = max(finite) / min(finite) - 1
+        rows.append(
+            (
+                "Perplexity converges to comparable values for every beta",
+                ", ".join(f"{n}: {p:.2f}" for n, p in ppl.items()) + f" (max/min - 1 = {spread:.1%})",
+                "reproduced (within 10%)" if spread <= 0.10 else "not reproduced (more than 10% apart)",
+            )
+        )
+
+    def bench(name: str, stage: str) -> list[float]:
+        return [
+            (a + b) / 2
+            for a, b in zip(v(name, stage, "knowledge"), v(name, stage, "reasoning"), strict=False)
+        ]
+
+    add(
+        "Pre-training average: beta=-0.25 above CE",
+        bench("beta=-0.25", "pretrain"),
+        bench("CE", "pretrain"),
+        True,
+        "mean of knowledge and reasoning",
+    )
+    add(
+        "Mid-training knowledge: beta=-0.25 at least CE's",
+        v("beta=-0.25", "midtrain", "knowledge"),
+        v("CE", "midtrain", "knowledge"),
+        True,
+        "knowledge",
+    )
+    add(
+        "Mid-training reasoning: beta=-0.25 above CE",
+        v("beta=-0.25", "midtrain", "reasoning"),
+        v("CE", "midtrain", "reasoning"),
+        True,
+        "reasoning",
+    )
+    add(
+        "RL Avg@k: beta=-0.25 above CE",
+        v("beta=-0.25", "rl", "avg@k"),
+        v("CE", "rl", "avg@k"),
+        True,
+        "Avg@k after RL",
+    )
+    add(
+        "RL Avg@k: lam_tail=-0.1 above CE",
+        v("lam_tail=-0.1", "rl", "avg@k"),
+        v("CE", "rl", "avg@k"),
+        True,
+        "Avg@k after RL",
+    )
+    add(
+        "RL Pass@k: lam_head=0.1 keeps Pass@k at least CE's",
+        v("lam_head=0.1", "rl", "pass@k"),
+        v("CE", "rl", "pass@k"),
+        True,
+        "Pass@k after RL",
+    )
+    gains = [
+        r["rl"].get("avg@k", float("nan")) - r["rl"].get("initial", {}).get("avg@k", float("nan"))
+        for r in summary["runs"]
+        if r.get("rl")
+    ]
+    add(
+        "RL raises Avg@k over the starting model (all configurations)",
+        gains,
+        [0.0] * len(gains),
+        True,
+        "Avg@k gain",
+    )
+    return rows
+
+
+def _entropy_drop(study: Path, runs: list[dict[str, Any]]) -> list[float]:
+    """Relative fall of RL policy entropy from its first logged value to its minimum."""
+    out = []
+    for run in runs:
+        es = [
+            r["entropy"]
+            for r in read_metrics(study / run["dir"] / "rl" / "metrics.jsonl")
+            if isinstance(r.get("entropy"), (int, float))
+        ]
+        if len(es) >= 2 and es[0] > 0:
+            out.append((es[0] - min(es)) / es[0])
+    return out
+
+
+# -- report -----------------------------------------------------------------------------------------------
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render(study: Path, summary: dict[str, Any]) -> str:
+    settings = json.loads((study / "study.json").read_text()) if (study / "study.json").is_file() else {}
+    groups = _by_config(summary)
+    figures = make_figures(study, summary)
+    seeds = sorted({r["seed"] for r in summary["runs"]})
+    out = [
+        f"# rlready study: preset `{settings.get('preset', '?')}`",
+        "",
+        f"{len(groups)} configurations x {len(seeds)} seed(s); values are mean ± std over seeds "
+        f"(one number when there is one seed). Wall time: {summary.get('wall_time_s', float('nan')) / 60:.1f} min.",
+        "",
+    ]
+    cfg_rows = [
+        [n, runs[0]["beta"], runs[0]["lam_head"], runs[0]["lam_tail"], str(runs[0]["k"])]
+        for n, runs in groups.items()
+    ]
+    out += ["## Configurations", "", _table(["name", "beta", "lam_head", "lam_tail", "k"], cfg_rows), ""]
+    out += ["## Pre-training", "", "![pre-training](figures/pretrain.png)", ""]
+    keys = [("ppl", 2), ("entropy", 3), ("accuracy", 3), ("head_mass", 3), ("knowledge", 3), ("reasoning", 3)]
+    out += [
+        _table(
+            ["config", *[k for k, _ in keys]],
+            [[n, *[_fmt(_values(r, "pretrain", k), d) for k, d in keys]] for n, r in groups.items()],
+        ),
+        "",
+    ]
+    out += ["## Mid-training", "", "![mid-training](figures/midtrain.png)", ""]
+    keys = [("knowledge", 3), ("reasoning", 3), ("ppl", 2), ("entropy", 3)]
+    out += [
+        _table(
+            ["config", *[k for k, _ in keys]],
+            [[n, *[_fmt(_values(r, "midtrain", k), d) for k, d in keys]] for n, r in groups.items()],
+        ),
+        "",
+    ]
+    out += ["## RL (GRPO)", "", "![RL](figures/rl.png)", "", "![Pass@k](figures/passk.png)", ""]
+    rl_rows = []
+    for n, r in groups.items():
+        rl_rows.append(
+            [
+                n,
+                _fmt(_values(r, "rl", "initial/avg@k")),
+                _fmt(_values(r, "rl", "avg@k")),
+                _fmt(_values(r, "rl", "initial/cons@k")),
+                _fmt(_values(r, "rl", "cons@k")),
+                _fmt(_values(r, "rl", "initial/pass@k")),
+                _fmt(_values(r, "rl", "pass@k")),
+                _fmt(_entropy_drop(study, r), 2),
+            ]
+        )
+    out += [
+        _table(
+            [
+                "config",
+                "Avg@k before",
+                "Avg@k after",
+                "Cons@k before",
+                "Cons@k after",
+                "Pass@k before",
+                "Pass@k after",
+                "entropy drop",
+            ],
+            rl_rows,
+        ),
+        "",
+    ]
+    out += [
+        "## The paper's claims at this scale",
+        "",
+        _table(["claim (PAPER.md §4)", "measured", "verdict"], [list(c) for c in claims(summary)]),
+        "",
+    ]
+    out += ["Figures: " + ", ".join(f"`figures/{f}` ({d})" for f, d in figures), ""]
+    return "\n".join(out)
+
+
+def write_report(dirs: list[Path], compare_out: Path | None = None) -> list[Path]:
+    """Regenerate ``report.md`` in each study directory; with several, also a side-by-side comparison."""
+    written = []
+    summaries = []
+    for d in dirs:
+        path = d / "summary.json"
+        if not path.is_file():
+            raise ValueError(f"{d} holds no summary.json (not a finished rlready study)")
+        summary = json.loads(path.read_text())
+        summaries.append((d, summary))
+        (d / "report.md").write_text(render(d, summary))
+        written.append(d / "report.md")
+    if len(dirs) > 1:
+        target = compare_out or dirs[0] / "comparison.md"
+        lines = ["# Comparison of studies", ""]
+        for d, summary in summaries:
+            lines += [
+                f"## {d}",
+                "",
+                _table(["claim", "measured", "verdict"], [list(c) for c in claims(summary)]),
+                "",
+            ]
+        target.write_text("\n".join(lines))
+        written.append(target)
+    return written

@@ -1,0 +1,315 @@
+"""``rlready study``: the paper's experiment in one command (PAPER.md §4).
+
+For every configuration and seed: pre-train -> mid-train -> RL, each stage a ``rlready`` subprocess writing
+its own run directory (so every stage resumes, or is skipped when finished, exactly like a hand-run stage),
+then ``summary.json`` and ``report.md`` with figures. Independent configurations run in parallel processes
+when cores allow, with the cores split between them.
+
+Layout::
+
+    DIR/study.json                     the study's own settings (a re-run must match them)
+    DIR/runs/<name>-s<seed>/pretrain   one run directory per stage (config.json, metrics.jsonl, eval.json, final/)
+    DIR/runs/<name>-s<seed>/midtrain
+    DIR/runs/<name>-s<seed>/rl
+    DIR/summary.json, DIR/report.md, DIR/figures/*.png
+
+The shaped objective is used in pre-training and mid-training (the configurations shape the prior); RL is
+the same GRPO for every configuration, so differences after RL come from the prior.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rlready.config import ConfigError
+
+STAGE_ORDER = ("pretrain", "midtrain", "rl")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """One configuration compared in the study (PAPER.md §4: the five defaults below)."""
+
+    name: str
+    beta: str = "0.0"
+    lam_head: str = "0.0"
+    lam_tail: str = "0.0"
+    k: int = 100
+
+
+DEFAULT_CONFIGS = (
+    StudyConfig("CE"),
+    StudyConfig("beta=-0.25", beta="-0.25"),
+    StudyConfig("beta=0.5", beta="0.5"),
+    StudyConfig("lam_tail=-0.1", lam_tail="-0.1", k=100),
+    StudyConfig("lam_head=0.1", lam_head="0.1", k=100),
+)
+
+
+def load_configs(path: str | Path) -> list[StudyConfig]:
+    """A YAML/TOML list of ``{name, beta, lam_head, lam_tail, k}`` (TOML: ``[[configs]]`` tables)."""
+    from rlready.config import load_file
+
+    p = Path(path)
+    if p.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        if not p.is_file():
+            raise ConfigError(f"configs file {str(p)!r} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"malformed YAML in {str(p)!r}: {str(err).splitlines()[0]}") from None
+        if isinstance(data, dict):
+            data = data.get("configs")
+    else:
+        data = load_file(p).get("configs")
+    if not isinstance(data, list) or not data:
+        raise ConfigError(
+            f"{str(p)!r} must hold a non-empty list of configurations (name, beta, lam_head, lam_tail, k)"
+        )
+    out: list[StudyConfig] = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict) or "name" not in item:
+            raise ConfigError(f"configuration {i} in {str(p)!r} must be a mapping with a name")
+        unknown = set(item) - {"name", "beta", "lam_head", "lam_tail", "k"}
+        if unknown:
+            raise ConfigError(f"configuration {item['name']!r}: unknown fields {sorted(unknown)}")
+        name = str(item["name"])
+        if not name or "/" in name or name.startswith("."):
+            raise ConfigError(f"configuration name {name!r} must be a plain, non-empty file name")
+        fields = {key: str(item[key]) for key in ("beta", "lam_head", "lam_tail") if key in item}
+        try:
+            k = int(item.get("k", 100))
+        except (TypeError, ValueError):
+            raise ConfigError(f"configuration {name!r}: k must be an integer") from None
+        out.append(StudyConfig(name, k=k, **fields))
+    names = [c.name for c in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"configuration names must be unique, got {names}")
+    return out
+
+
+@dataclass
+class Job:
+    config: StudyConfig
+    seed: int
+    root: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.config.name} s{self.seed}"
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def command(self, stage: str, preset: str, extra: list[str]) -> list[str]:
+        c = self.config
+        cmd = [
+            sys.executable,
+            "-m",
+            "rlready.cli",
+            stage,
+            "--preset",
+            preset,
+            "--out",
+            str(self.stage_dir(stage)),
+        ]
+        if stage != "pretrain":
+            previous = STAGE_ORDER[STAGE_ORDER.index(stage) - 1]
+            cmd += ["--init", str(self.stage_dir(previous) / "final")]
+        cmd += ["--seed", str(self.seed), "--log.progress", "lines"]
+        if stage != "rl":
+            cmd += [
+                "--loss.beta",
+                c.beta,
+                "--loss.lam_head",
+                c.lam_head,
+                "--loss.lam_tail",
+                c.lam_tail,
+                "--loss.k",
+                str(c.k),
+            ]
+        for key, value in stage_overrides(extra, stage):
+            cmd += [f"--{key}", value]
+        return cmd
+
+
+class Progress:
+    """Which stage of which configuration runs, and the overall ETA from finished stage times."""
+
+    def __init__(self, total: int, done: int) -> None:
+        self.total, self.done, self.t0 = total, done, time.perf_counter()
+        self.durations: list[float] = []
+        self.lock = threading.Lock()
+
+    def line(self, message: str) -> None:
+        with self.lock:
+            print(f"[{self.done}/{self.total} stages] {message}", flush=True)
+
+    def finished(self, seconds: float, ran: bool) -> None:
+        with self.lock:
+            self.done += 1
+            if ran:
+                self.durations.append(seconds)
+
+    def eta(self, parallel: int) -> str:
+        if not self.durations:
+            return "ETA unknown"
+        left = (self.total - self.done) * (sum(self.durations) / len(self.durations)) / max(parallel, 1)
+        return f"ETA {left / 60:.1f} min"
+
+
+def _run_job(
+    job: Job, preset: str, extra: list[str], threads: int, progress: Progress, parallel: int, debug: bool
+) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    for stage in STAGE_ORDER:
+        out = job.stage_dir(stage)
+        finished = (out / "eval.json").is_file() and (out / "final" / "config.json").is_file()
+        if finished:
+            progress.finished(0.0, ran=False)
+            continue
+        progress.line(f"{job.label}: {stage} started ({progress.eta(parallel)})")
+        start = time.perf_counter()
+        log = job.root / f"{stage}.log"
+        job.root.mkdir(parents=True, exist_ok=True)
+        cmd = job.command(stage, preset, extra) + (["--debug"] if debug else [])
+        with log.open("a") as f:
+            rc = subprocess.run(
+                cmd, stdout=f, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+            ).returncode
+        if rc != 0:
+            tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
+            raise RuntimeError(
+                f"{job.label}: {stage} failed (exit {rc}): {tail[0] if tail else ''} (log: {log})"
+            )
+        took = time.perf_counter() - start
+        progress.finished(took, ran=True)
+        progress.line(f"{job.label}: {stage} done in {took:.0f}s ({progress.eta(parallel)})")
+
+
+def _check_study_file(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    path = out / "study.json"
+    if out.is_dir() and any(out.iterdir()):
+        if not path.is_file():
+            raise ConfigError(
+                f"--out {str(out)!r} is not empty and holds no rlready study (use another directory)"
+            )
+        previous = json.loads(path.read_text())
+        if previous != settings and not overwrite:
+            raise ConfigError(
+                f"--out {str(out)!r} holds a study with other settings; use another directory or --overwrite"
+            )
+        if previous != settings and overwrite:
+            import shutil
+
+            shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+
+def run_study(
+    preset: str,
+    out: Path,
+    *,
+    seeds: int = 1,
+    configs: list[StudyConfig] | None = None,
+    jobs: int | None = None,
+    extra: list[str] | None = None,
+    overwrite: bool = False,
+    debug: bool = False,
+) -> dict[str, Any]:
+    """Run (or resume) the whole study and write ``summary.json`` and ``report.md``."""
+    from rlready import config as cfgmod
+
+    configs = list(configs or DEFAULT_CONFIGS)
+    extra = list(extra or [])
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    # Validate the preset and every override once, up front, for each stage, before any process starts.
+    for stage in STAGE_ORDER:
+        init = [("model.init", "<previous stage>")] if stage != "pretrain" else []
+        cfgmod.resolve(stage, preset, overrides=stage_overrides(extra, stage) + init)
+    for c in configs:
+        cfgmod.resolve(
+            "pretrain",
+            preset,
+            overrides=[
+                ("loss.beta", c.beta),
+                ("loss.lam_head", c.lam_head),
+                ("loss.lam_tail", c.lam_tail),
+                ("loss.k", str(c.k)),
+            ],
+        )
+    settings = {"preset": preset, "seeds": seeds, "configs": [asdict(c) for c in configs], "overrides": extra}
+    _check_study_file(out, settings, overwrite)
+
+    runs = [Job(c, s, out / "runs" / f"{c.name}-s{s}") for c in configs for s in range(seeds)]
+    cores = os.cpu_count() or 1
+    parallel = max(1, min(len(runs), jobs or cores))
+    threads = max(1, cores // parallel)
+    progress = Progress(total=len(runs) * len(STAGE_ORDER), done=0)
+    progress.line(
+        f"study of {len(configs)} configurations x {seeds} seeds on preset {preset!r}: {parallel} in parallel, {threads} thread(s) each"
+    )
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = [
+            pool.submit(_run_job, job, preset, extra, threads, progress, parallel, debug) for job in runs
+        ]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]
+    from rlready.report.summary import collect
+
+    summary = collect(out, runs)
+    summary["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from rlready.report.report import write_report
+
+    write_report([out])
+    progress.line(f"study done in {summary['wall_time_s'] / 60:.1f} min: {out / 'report.md'}")
+    return summary
+
+
+def _applies(key: str, stage: str) -> bool:
+    """Overrides of the ``rl`` section only go to the RL stage, ``loss`` only to the LM stages."""
+    section = key.split(".", 1)[0]
+    return not ((section == "rl" and stage != "rl") or (section == "loss" and stage == "rl"))
+
+
+def stage_overrides(extra: list[str], stage: str) -> list[tuple[str, str]]:
+    """The overrides one stage gets: ``--STAGE.section.field V`` for that stage only, plain
+    ``--section.field V`` for every stage it applies to."""
+    from rlready.config import parse_overrides
+
+    out = []
+    for key, value in parse_overrides(extra):
+        head, _, rest = key.partition(".")
+        if head in STAGE_ORDER:
+            if head == stage:
+                out.append((rest, value))
+        elif _applies(key, stage):
+            out.append((key, value))
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    m = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return m, float("nan")
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
