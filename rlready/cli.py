@@ -37,7 +37,61 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_parser(
         sub, "midtrain", "mid-train from a pre-trained model (longer context, RoPE 1e6)", needs_init=True
     )
+    _stage_parser(
+        sub, "rl", "RL with verifiable rewards (GRPO, no KL, clip-higher, dynamic sampling)", needs_init=True
+    )
+    st = sub.add_parser(
+        "study",
+        help="the paper's experiment: pretrain -> midtrain -> RL for each configuration, then a report",
+        description="Run (or resume) the study and write DIR/summary.json and DIR/report.md. Overrides "
+        "--section.field VALUE go to every stage they apply to; --STAGE.section.field VALUE to one stage "
+        "(e.g. --pretrain.train.max_steps 100).",
+    )
+    st.add_argument("--preset", default="tiny", help="model/recipe preset (default: tiny)")
+    st.add_argument("--out", required=True, type=Path, help="study directory (resumed when it exists)")
+    st.add_argument("--seeds", type=int, default=1, help="seeds per configuration (default: 1)")
+    st.add_argument(
+        "--configs", help="YAML/TOML list of {name, beta, lam_head, lam_tail, k} (default: the paper's five)"
+    )
+    st.add_argument("--jobs", type=int, help="configurations run in parallel (default: one per core)")
+    st.add_argument("--overwrite", action="store_true", help="replace a study with other settings in --out")
+    rp = sub.add_parser("report", help="regenerate the report of one study, or compare several side by side")
+    rp.add_argument("dirs", nargs="+", type=Path, help="study directories")
+    rp.add_argument(
+        "--out",
+        type=Path,
+        help="comparison file when several studies are given (default: DIR1/comparison.md)",
+    )
     return parser
+
+
+def _run_study(args: argparse.Namespace, extra: list[str]) -> int:
+    from rlready import study
+
+    configs = study.load_configs(args.configs) if args.configs else None
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    study.run_study(
+        args.preset,
+        args.out,
+        seeds=args.seeds,
+        configs=configs,
+        jobs=args.jobs,
+        extra=extra,
+        overwrite=args.overwrite,
+        debug="--debug" in sys.argv,
+    )
+    return 0
+
+
+def _run_report(args: argparse.Namespace, extra: list[str]) -> int:
+    if extra:
+        raise ValueError(f"unexpected arguments {' '.join(extra)}")
+    from rlready.report.report import write_report
+
+    for path in write_report(args.dirs, args.out):
+        print(path)
+    return 0
 
 
 def _run_stage(args: argparse.Namespace, extra: list[str]) -> int:
@@ -47,9 +101,12 @@ def _run_stage(args: argparse.Namespace, extra: list[str]) -> int:
     if args.init is not None:
         overrides.append(("model.init", args.init))
     cfg = config.resolve(args.command, args.preset, file=args.config, overrides=overrides)
-    from rlready.train import lm
+    if args.command == "rl":
+        from rlready.train import rl as stage
+    else:
+        from rlready.train import lm as stage
 
-    result = lm.run(cfg, args.out, overwrite=args.overwrite)
+    result = stage.run(cfg, args.out, overwrite=args.overwrite)
     if result:
         summary = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float))
         print(f"{args.command} done: {args.out} ({summary})")
@@ -64,8 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     try:
-        if args.command in ("pretrain", "midtrain"):
+        if args.command in ("pretrain", "midtrain", "rl"):
             return _run_stage(args, extra)
+        if args.command == "study":
+            return _run_study(args, extra)
+        if args.command == "report":
+            return _run_report(args, extra)
         parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects it first
     except KeyboardInterrupt:
         print("rlready: interrupted", file=sys.stderr)

@@ -154,6 +154,90 @@ class EvalConfig:
 
 
 @dataclass
+class RLConfig:
+    """The RL stage (PAPER.md §4, RLVR row; §5 pitfalls). Optimizer, steps and checkpoints come from
+    ``train``; held-out Avg@k / Cons@k / Pass@k settings from ``eval``."""
+
+    data: str | None = None  # GSM8K/MATH-style JSONL; None: the synthetic world's reasoning problems
+    reward: str = "arithmetic"  # arithmetic | gsm8k | math (rlready.rl.rewards registry)
+    train_problems: int = 4096  # size of the synthetic prompt pool
+    prompts_per_step: int = 128  # informative prompt groups per step (paper: 128)
+    group_size: int = 16  # samples per prompt (paper: 16)
+    minibatches: int = 4  # optimizer updates per rollout batch (1: strictly on-policy, the clip never acts)
+    micro_batch: int = 64  # sequences per forward/backward (memory only; does not change the update)
+    max_rounds: int = 8  # dynamic-sampling generation rounds per step before training on what was kept
+    max_new_tokens: int = 64  # maximum response length
+    temperature: float = 1.0
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    adv_eps: float = 1e-6
+    std_tol: float = 1e-6  # groups with reward std below it are zero-variance (dropped)
+    overlong_buffer: int = 0  # DAPO soft overlong penalty over the last N tokens before the limit (0: off)
+    overlong_penalty: float = 1.0  # the penalty at the limit
+    mask_truncated: bool = False  # exclude truncated responses from the loss (DAPO overlong filtering)
+    reward_timeout_s: float = 10.0
+    reward_workers: int = 1
+    backend: str = "hf"  # hf (transformers generate) | vllm (optional dependency, GPU)
+    gen_batch: int = 256  # sequences per generate call (hf backend)
+    eval_every: int = 0  # held-out Avg@k/Cons@k/Pass@k every N steps (0: only before and after)
+    entropy_window: int = 20  # steps over which an entropy collapse is detected
+    entropy_drop: float = 0.5  # warn when entropy falls below (1 - this) x its maximum within the window
+
+    def validate(self) -> None:
+        if self.group_size < 2:
+            raise ConfigError(
+                f"rl.group_size must be >= 2 (GRPO compares samples of a prompt), got {self.group_size}"
+            )
+        for name in (
+            "train_problems",
+            "prompts_per_step",
+            "minibatches",
+            "micro_batch",
+            "max_rounds",
+            "max_new_tokens",
+            "reward_workers",
+            "gen_batch",
+            "entropy_window",
+        ):
+            _positive(f"rl.{name}", getattr(self, name))
+        if self.minibatches > self.prompts_per_step:
+            raise ConfigError(
+                f"rl.minibatches ({self.minibatches}) must be <= rl.prompts_per_step ({self.prompts_per_step})"
+            )
+        if self.eval_every < 0 or self.overlong_buffer < 0:
+            raise ConfigError("rl.eval_every and rl.overlong_buffer must be >= 0")
+        if self.overlong_buffer >= self.max_new_tokens:
+            raise ConfigError(
+                f"rl.overlong_buffer ({self.overlong_buffer}) must be < rl.max_new_tokens ({self.max_new_tokens})"
+            )
+        if not self.temperature > 0:
+            raise ConfigError(f"rl.temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.eps_low < 1.0 or self.eps_high < 0.0:
+            raise ConfigError(
+                f"rl.eps_low must be in [0, 1) and rl.eps_high >= 0, got {self.eps_low}, {self.eps_high}"
+            )
+        for name in ("adv_eps", "std_tol", "overlong_penalty"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"rl.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.reward_timeout_s > 0:
+            raise ConfigError(f"rl.reward_timeout_s must be > 0, got {self.reward_timeout_s}")
+        if not 0.0 < self.entropy_drop < 1.0:
+            raise ConfigError(f"rl.entropy_drop must be in (0, 1), got {self.entropy_drop}")
+        if self.backend not in ("hf", "vllm"):
+            raise ConfigError(f"rl.backend must be hf or vllm, got {self.backend!r}")
+        from rlready.rl.rewards import available_rewards
+
+        if self.reward not in available_rewards():
+            raise ConfigError(
+                f"rl.reward must be one of {', '.join(available_rewards())}, got {self.reward!r}"
+            )
+        if self.data is None and self.reward != "arithmetic":
+            raise ConfigError(
+                f"rl.reward {self.reward!r} needs rl.data (a JSONL file); the synthetic tasks use arithmetic"
+            )
+
+
+@dataclass
 class LogConfig:
     tensorboard: bool = False
     wandb: bool = False  # offline unless WANDB_MODE says otherwise
@@ -170,6 +254,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def validate(self) -> RunConfig:
         if self.stage not in STAGES:

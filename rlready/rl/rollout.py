@@ -1,0 +1,165 @@
+"""Rollouts for RL: ``n`` sampled completions per prompt, as token ids and text, behind a small interface.
+
+``RolloutBackend.generate(prompts, n, max_new_tokens, temperature)`` is all the trainer needs, so the
+sampler can be swapped without touching the stage:
+
+- ``HFRollout`` (default): ``transformers`` ``generate`` with its KV cache, batched with left padding, each
+  sequence stopping at EOS (a batch ends once all its sequences have). Works on CPU and GPU.
+- ``VLLMRollout``: vLLM's paged-attention engine, usually several times faster on a GPU. vLLM is an
+  optional dependency (``pip install vllm``, CUDA only) and is imported only when this backend is chosen
+  (``--rl.backend vllm``); the policy's weights are pushed into the engine before every rollout round.
+  It cannot run on the CPU-only test machine, so it is not covered by the tests.
+
+The log-probabilities used for the PPO ratio are *not* taken from the sampler: the trainer recomputes them
+with the same forward pass it trains with, so the ratio is exactly 1 before the first update (samplers in
+other precisions or kernels would otherwise bias it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+__all__ = ["Completion", "HFRollout", "RolloutBackend", "VLLMRollout", "make_backend"]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled response. ``ids`` includes the EOS token when the response finished; ``truncated`` is
+    true when it hit ``max_new_tokens`` without EOS."""
+
+    prompt_ids: list[int]
+    ids: list[int]
+    text: str
+    truncated: bool
+
+
+class RolloutBackend(Protocol):
+    def generate(
+        self, prompts: Sequence[str], n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0
+    ) -> list[list[Completion]]:
+        """``n`` completions for every prompt, in prompt order (``top_p`` < 1: nucleus sampling)."""
+        ...
+
+    def sync_weights(self, model: Any) -> None:
+        """Make the sampler use ``model``'s current weights (a no-op when it samples with ``model``)."""
+        ...
+
+
+def _cut(row: list[int], eos: int) -> tuple[list[int], bool]:
+    """Completion tokens up to and including the first EOS; truncated when there is none.
+
+    ``generate`` pads a row only after its EOS, so a row without EOS is all sampled tokens
+    (``max_new_tokens`` of them).
+    """
+    if eos in row:
+        return row[: row.index(eos) + 1], False
+    return row, True
+
+
+class HFRollout:
+    """Sampling with ``model.generate`` (KV cache, left padding, ``gen_batch`` sequences per call)."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, gen_batch: int = 256) -> None:
+        if gen_batch < 1:
+            raise ValueError(f"HFRollout: gen_batch must be >= 1, got {gen_batch}")
+        self.model, self.tokenizer = model, tokenizer
+        self.gen_batch = gen_batch
+
+    def sync_weights(self, model: Any) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: Sequence[str], n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0
+    ) -> list[list[Completion]]:
+        if n < 1 or max_new_tokens < 1:
+            raise ValueError(f"generate: n and max_new_tokens must be >= 1, got {n}, {max_new_tokens}")
+        tok, model = self.tokenizer, self.model
+        eos = tok.eos_token_id
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        tok.padding_side = "left"
+        out: list[list[Completion]] = []
+        per_call = max(1, self.gen_batch // n)
+        for start in range(0, len(prompts), per_call):
+            chunk = list(prompts[start : start + per_call])
+            enc = tok(chunk, return_tensors="pt", padding=True).to(device)
+            gen = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=0,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=n,
+                pad_token_id=pad,
+                eos_token_id=eos,
+            )
+            new = gen[:, enc["input_ids"].shape[1] :].tolist()
+            for i, prompt_row in enumerate(enc["input_ids"].tolist()):
+                mask = enc["attention_mask"][i].tolist()
+                prompt_ids = [t for t, m in zip(prompt_row, mask, strict=True) if m]
+                group = []
+                for row in new[i * n : (i + 1) * n]:
+                    ids, truncated = _cut(row, eos)
+                    text = tok.decode(ids, skip_special_tokens=True)
+                    group.append(Completion(prompt_ids, ids, text, truncated))
+                out.append(group)
+        model.train(was_training)
+        return out
+
+
+class VLLMRollout:
+    """Sampling with vLLM on a GPU (optional dependency; not available on CPU-only machines).
+
+    The engine holds its own copy of the weights, so ``sync_weights`` loads the policy's current state
+    dict into it before each rollout round (vLLM's ``model.load_weights`` accepts Hugging Face names).
+    """
+
+    def __init__(self, model_dir: str, tokenizer: Any, *, gpu_memory_utilization: float = 0.4) -> None:
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise ValueError("rl.backend vllm needs the vllm package (pip install vllm; CUDA only)") from None
+        self.tokenizer = tokenizer
+        self.llm = LLM(
+            model=model_dir, gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True
+        )
+
+    def sync_weights(self, model: Any) -> None:
+        engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        engine_model.load_weights(model.state_dict().items())
+
+    def generate(
+        self, prompts: Sequence[str], n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0
+    ) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
+        eos = self.tokenizer.eos_token_id
+        out = []
+        for result in self.llm.generate(list(prompts), params, use_tqdm=False):
+            group = []
+            for o in result.outputs:
+                ids = list(o.token_ids)
+                truncated = o.finish_reason == "length"
+                if not truncated and (not ids or ids[-1] != eos):
+                    ids.append(eos)  # vLLM leaves the stop token out of token_ids for some versions
+                group.append(Completion(list(result.prompt_token_ids), ids, o.text, truncated))
+            out.append(group)
+        return out
+
+
+def make_backend(name: str, model: Any, tokenizer: Any, *, model_dir: str, gen_batch: int) -> RolloutBackend:
+    """The rollout backend called ``name`` (``hf`` or ``vllm``)."""
+    if name == "hf":
+        return HFRollout(model, tokenizer, gen_batch=gen_batch)
+    if name == "vllm":
+        return VLLMRollout(model_dir, tokenizer)
+    raise ValueError(f"unknown rollout backend {name!r}; use hf or vllm")
