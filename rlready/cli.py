@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # one line per error; the traceback only with --debug
         if debug:
             raise
-        from rlready.train.lm import Interrupted
+        from rlready.errors import Interrupted
 
         if isinstance(err, Interrupted):
             print(f"rlready: {err}", file=sys.stderr)

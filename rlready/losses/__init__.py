@@ -6,30 +6,44 @@
 - ``TokenWeighting`` and ``schemes``: CE, the paper's shaping, label smoothing, focal, DFT as one scheme.
 """
 
-from . import schemes
-from .fused_linear import fused_linear_shaped_cross_entropy
-from .module import FusedLinearShapedCrossEntropy, ShapedCrossEntropy
-from .schedules import Constant, Cosine, Linear, Schedule, parse_schedule
-from .schemes import TokenWeighting, cross_entropy, dft, focal, label_smoothing, shaped
-from .shaped_ce import shaped_cross_entropy
-from .stats import LossStats
+from __future__ import annotations
 
-__all__ = [
-    "Constant",
-    "Cosine",
-    "FusedLinearShapedCrossEntropy",
-    "Linear",
-    "LossStats",
-    "Schedule",
-    "ShapedCrossEntropy",
-    "TokenWeighting",
-    "cross_entropy",
-    "dft",
-    "focal",
-    "fused_linear_shaped_cross_entropy",
-    "label_smoothing",
-    "parse_schedule",
-    "schemes",
-    "shaped",
-    "shaped_cross_entropy",
-]
+import importlib
+from typing import Any
+
+# Exports resolve on first use: `import rlready.<pkg>` must not import torch or transformers, so that the
+# CLI answers --help and argument errors at once.
+_EXPORTS = {
+    "schemes": "rlready.losses.schemes",
+    "fused_linear_shaped_cross_entropy": "rlready.losses.fused_linear",
+    "FusedLinearShapedCrossEntropy": "rlready.losses.module",
+    "ShapedCrossEntropy": "rlready.losses.module",
+    "shaped_cross_entropy": "rlready.losses.shaped_ce",
+    "LossStats": "rlready.losses.stats",
+    "Constant": "rlready.losses.schedules",
+    "Cosine": "rlready.losses.schedules",
+    "Linear": "rlready.losses.schedules",
+    "Schedule": "rlready.losses.schedules",
+    "parse_schedule": "rlready.losses.schedules",
+    "TokenWeighting": "rlready.losses.schemes",
+    "cross_entropy": "rlready.losses.schemes",
+    "dft": "rlready.losses.schemes",
+    "focal": "rlready.losses.schemes",
+    "label_smoothing": "rlready.losses.schemes",
+    "shaped": "rlready.losses.schemes",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    value = module if _EXPORTS[name].endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

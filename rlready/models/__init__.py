@@ -1,33 +1,40 @@
-"""Models: Qwen3 / Qwen3-MoE presets as transformers configs, HF-directory I/O, and the fused-loss hook.
+"""Models: Qwen3 / Qwen3-MoE presets as transformers configs, HF-directory I/O, and the fused-loss hook."""
 
-``import rlready.models`` does not import transformers; each function imports it when called.
-"""
+from __future__ import annotations
 
-from rlready.models.heads import HeadInputs, final_hidden_and_head
-from rlready.models.io import (
-    build_model,
-    check_safetensors,
-    check_tokenizer_fits,
-    load_model,
-    load_tokenizer,
-    save_model,
-)
-from rlready.models.presets import PRESETS, Preset, build_config, count_parameters
-from rlready.models.rope import get_rope_theta, set_rope_theta
+import importlib
+from typing import Any
 
-__all__ = [
-    "PRESETS",
-    "HeadInputs",
-    "Preset",
-    "build_config",
-    "build_model",
-    "check_safetensors",
-    "check_tokenizer_fits",
-    "count_parameters",
-    "final_hidden_and_head",
-    "get_rope_theta",
-    "load_model",
-    "load_tokenizer",
-    "save_model",
-    "set_rope_theta",
-]
+# Exports resolve on first use: `import rlready.<pkg>` must not import torch or transformers, so that the
+# CLI answers --help and argument errors at once.
+_EXPORTS = {
+    "HeadInputs": "rlready.models.heads",
+    "final_hidden_and_head": "rlready.models.heads",
+    "build_model": "rlready.models.io",
+    "check_safetensors": "rlready.models.io",
+    "check_tokenizer_fits": "rlready.models.io",
+    "load_model": "rlready.models.io",
+    "load_tokenizer": "rlready.models.io",
+    "save_model": "rlready.models.io",
+    "PRESETS": "rlready.models.presets",
+    "Preset": "rlready.models.presets",
+    "build_config": "rlready.models.presets",
+    "count_parameters": "rlready.models.presets",
+    "get_rope_theta": "rlready.models.rope",
+    "set_rope_theta": "rlready.models.rope",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    value = module if _EXPORTS[name].endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -15,11 +15,14 @@ top-k of the experts.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 import inspect
 from dataclasses import dataclass
 from typing import Any, Literal
-
-import torch
 
 from rlready.models.rope import rope_config_kwargs
 

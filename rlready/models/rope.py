@@ -7,11 +7,14 @@ These helpers read and write whichever the installed version uses, so callers ne
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 import inspect
 import math
 from typing import Any
-
-import torch
 
 
 def _check_theta(theta: float) -> float:

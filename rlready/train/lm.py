@@ -24,19 +24,12 @@ import torch
 from torch import nn
 
 from rlready.config import ConfigError, RunConfig
+from rlready.errors import Interrupted, TrainingError
 from rlready.losses import TokenWeighting, fused_linear_shaped_cross_entropy, parse_schedule
 from rlready.train import checkpoint, dist
 from rlready.train.logger import RunLogger
 from rlready.train.rundir import check_run_dir, prepare, write_json
 from rlready.train.schedule import wsd_lr
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (e.g. repeated non-finite losses); reported in one line."""
-
-
-class Interrupted(RuntimeError):
-    """SIGTERM/SIGINT: a checkpoint was written; the same command resumes."""
 
 
 # -- data -------------------------------------------------------------------------------------------------
