@@ -31,7 +31,6 @@ from rlready.train.logger import RunLogger
 from rlready.train.rundir import check_run_dir, prepare, write_json
 from rlready.train.schedule import wsd_lr
 
-
 # -- data -------------------------------------------------------------------------------------------------
 
 
@@ -256,6 +255,11 @@ def _model_state(model: nn.Module, cfg: RunConfig) -> dict[str, torch.Tensor]:
 
 def run(cfg: RunConfig, out: Path, *, overwrite: bool = False) -> dict[str, Any]:
     """Train (or resume, or skip when finished) one pre-/mid-training run in ``out``; returns eval.json."""
+    from transformers.utils import logging as hf_logging
+
+    # transformers draws its own bars for loading and saving weights; they would break the one-line error
+    # contract on stderr and interleave with the stage's progress, which already says where the run is.
+    hf_logging.disable_progress_bar()
     d = dist.init()
     try:
         return _run(cfg, out, d, overwrite)
