@@ -185,7 +185,7 @@ def test_non_finite_step_is_skipped_with_a_warning(env, tmp_path, monkeypatch, c
     _nan_loss_at(monkeypatch, {2})
     out = tmp_path / "run"
     lm.run(make_cfg(env, **{"train.max_steps": "4", "train.checkpoint_every": "3"}), out)
-    assert "non-finite loss or gradient at step 2; step skipped" in capsys.readouterr().out
+    assert "non-finite loss or gradient at step 2; step skipped" in capsys.readouterr().err
     records = read_metrics(out)
     assert records[1]["loss"] == "nan" and all(math.isfinite(r["loss"]) for r in records if r["step"] != 2)
     # The checkpoint after step 3 has seen two optimizer updates, not three.

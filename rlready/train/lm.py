@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,7 +301,12 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
         data.train, cfg.data.seq_len, per_rank, rank=d.rank, world_size=world_size, seed=cfg.seed
     )
     optimizer = make_optimizer(model, cfg)
-    warn = (lambda msg: print(f"rlready: warning: {msg}", flush=True)) if d.is_main else (lambda msg: None)
+    # Warnings go to stderr with the other diagnostics; stdout carries only the result line.
+    warn = (
+        (lambda msg: print(f"rlready: warning: {msg}", file=sys.stderr, flush=True))
+        if d.is_main
+        else (lambda msg: None)
+    )
     start_step, tokens_seen = 0, 0
     ckpt = checkpoint.load_latest(out / "checkpoints", warn)
     if ckpt is not None:
