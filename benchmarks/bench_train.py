@@ -1,0 +1,224 @@
+"""Training-loop benchmark: shaped vs CE wall time, our loop vs a Hugging Face ``Trainer`` loop, CLI latency,
+and 1 vs 2 processes under ``torchrun`` (all on the tiny preset, CPU).
+
+    python -m benchmarks.bench_train [--steps 150] [--quick]
+
+Every comparison is measured in this one run, variants interleaved, medians reported as ratios.
+The HF Trainer comparison needs ``accelerate`` (``pip install -e ".[bench]"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import machine, write_json
+
+SHAPED = ["--loss.beta", "-0.25", "--loss.lam_tail", "-0.1", "--loss.k", "100"]
+SMALL_EVAL = [
+    "--eval.knowledge_questions",
+    "20",
+    "--eval.reasoning_problems",
+    "8",
+    "--eval.samples",
+    "4",
+    "--eval.pass_k",
+    "2",
+]
+
+
+def _rlready(args: list[str], env: dict[str, str], launcher: list[str] | None = None) -> float:
+    start = time.perf_counter()
+    cmd = (launcher or [sys.executable, "-m", "rlready.cli"]) + args
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def _steady_tokens_per_s(run: Path) -> float:
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["tokens_per_s"] for r in recs[1:]]  # the first window includes warm-up
+    return statistics.median(rates)
+
+
+def shaped_vs_ce(tmp: Path, env: dict[str, str], steps: int, reps: int) -> dict:
+    base = [
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--train.max_steps",
+        str(steps),
+        "--log.progress",
+        "lines",
+        *SMALL_EVAL,
+    ]
+    _rlready([*base, "--out", str(tmp / "warm")], env)  # tokenizer + token cache, imports warm
+    times: dict[str, list[float]] = {"CE": [], "shaped": []}
+    rates: dict[str, list[float]] = {"CE": [], "shaped": []}
+    for rep in range(reps):
+        for name, extra in (("CE", []), ("shaped", SHAPED)):
+            out = tmp / f"{name}-{rep}"
+            times[name].append(_rlready([*base, "--out", str(out), *extra], env))
+            rates[name].append(_steady_tokens_per_s(out))
+    ce, sh = statistics.median(times["CE"]), statistics.median(times["shaped"])
+    return {
+        "steps": steps,
+        "wall_s": {"CE": round(ce, 2), "shaped (beta=-0.25, lam_tail=-0.1, k=100)": round(sh, 2)},
+        "ratio_wall": round(sh / ce, 3),
+        "tokens_per_s": {
+            "CE": round(statistics.median(rates["CE"])),
+            "shaped": round(statistics.median(rates["shaped"])),
+        },
+    }
+
+
+def hf_trainer_tokens_per_s(tmp: Path, steps: int) -> float:
+    """The same model (tiny preset), data (our token cache, packed the same way) and batch with ``Trainer``."""
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from rlready.config import resolve
+    from rlready.data.loader import PackedBatches
+    from rlready.models import build_config, build_model
+    from rlready.train import dist
+    from rlready.train.lm import load_data
+
+    cfg = resolve("pretrain", "tiny")
+    data = load_data(cfg, tmp / "warm", dist.Dist(0, 1, 0, torch.device("cpu")))
+    loader = PackedBatches(data.train, cfg.data.seq_len, cfg.train.batch_size, seed=0)
+    rows = torch.cat([next(loader) for _ in range(steps + 2)])
+
+    class Packed(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(rows)
+
+        def __getitem__(self, i: int) -> dict:
+            return {"input_ids": rows[i, :-1], "labels": rows[i, :-1]}  # the model shifts labels itself
+
+    torch.manual_seed(0)
+    config = build_config("tiny", vocab_size=len(data.tokenizer))
+    model = build_model(config)
+    marks: dict[int, float] = {}
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            marks[state.global_step] = time.perf_counter()
+
+    targs = TrainingArguments(
+        output_dir=str(tmp / "hf"),
+        per_device_train_batch_size=cfg.train.batch_size,
+        max_steps=steps,
+        learning_rate=cfg.train.lr,
+        weight_decay=0.1,
+        max_grad_norm=1.0,
+        warmup_steps=cfg.train.warmup_steps,
+        lr_scheduler_type="constant_with_warmup",
+        logging_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    Trainer(model=model, args=targs, train_dataset=Packed(), callbacks=[Clock()]).train()
+    first = 10
+    return (steps - first) * cfg.train.batch_size * cfg.data.seq_len / (marks[steps] - marks[first])
+
+
+def cli_latency(env: dict[str, str], reps: int) -> dict:
+    cases = {
+        "rlready --help": ["--help"],
+        "argument error (--loss.k 0)": ["pretrain", "--out", "/nonexistent/x", "--loss.k", "0"],
+    }
+    exe = shutil.which("rlready") or "rlready"
+    out = {}
+    for name, args in cases.items():
+        ts = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            subprocess.run([exe, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            ts.append(time.perf_counter() - start)
+        out[name] = round(statistics.median(ts), 3)
+    return out
+
+
+def scaling(tmp: Path, env: dict[str, str], steps: int) -> dict:
+    base = [
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--train.max_steps",
+        str(steps),
+        "--log.progress",
+        "lines",
+        *SMALL_EVAL,
+    ]
+    one = tmp / "np1"
+    _rlready([*base, "--out", str(one)], env)
+    two = tmp / "np2"
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "rlready.cli",
+    ]
+    env1 = dict(env, OMP_NUM_THREADS="1")
+    _rlready([*base, "--out", str(two)], env1, launcher=torchrun)
+    r1, r2 = _steady_tokens_per_s(one), _steady_tokens_per_s(two)
+    return {
+        "1 process x 2 threads tokens/s": round(r1),
+        "2 processes x 1 thread tokens/s (global)": round(r2),
+        "per process tokens/s (2 processes)": round(r2 / 2),
+        "ratio_global": round(r2 / r1, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--quick", action="store_true", help="one repetition, shorter runs")
+    args = ap.parse_args(argv)
+    steps = 40 if args.quick else args.steps
+    reps = 1 if args.quick else 3
+    tmp = Path(tempfile.mkdtemp(prefix="rlready-bench-"))
+    env = dict(os.environ, RLREADY_CACHE=str(tmp / "cache"))
+    try:
+        result = {
+            "machine": machine(),
+            "command": "python -m benchmarks.bench_train"
+            + (" --quick" if args.quick else f" --steps {steps}"),
+        }
+        result["shaped_vs_ce"] = shaped_vs_ce(tmp, env, steps, reps)
+        try:
+            hf = hf_trainer_tokens_per_s(tmp, min(steps, 60))
+            ours = result["shaped_vs_ce"]["tokens_per_s"]["CE"]
+            result["vs_hf_trainer"] = {
+                "ours_tokens_per_s": ours,
+                "hf_trainer_tokens_per_s": round(hf),
+                "ratio": round(ours / hf, 3),
+            }
+        except ImportError as err:
+            result["vs_hf_trainer"] = {"skipped": f"{err} (pip install accelerate)"}
+        result["cli_latency_s"] = cli_latency(env, 5)
+        result["scaling"] = scaling(tmp, env, steps)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    print(f"wrote {write_json('train', result)}", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    main()
