@@ -161,6 +161,8 @@ class RLConfig:
     data: str | None = None  # GSM8K/MATH-style JSONL; None: the synthetic world's reasoning problems
     reward: str = "arithmetic"  # arithmetic | gsm8k | math (rlready.rl.rewards registry)
     train_problems: int = 4096  # size of the synthetic prompt pool
+    task_max_steps: int = 3  # difficulty of the synthetic tasks (ReasoningConfig.max_steps / max_operand)
+    task_max_operand: int = 20
     prompts_per_step: int = 128  # informative prompt groups per step (paper: 128)
     group_size: int = 16  # samples per prompt (paper: 16)
     minibatches: int = 4  # optimizer updates per rollout batch (1: strictly on-policy, the clip never acts)
@@ -190,6 +192,7 @@ class RLConfig:
             )
         for name in (
             "train_problems",
+            "task_max_steps",
             "prompts_per_step",
             "minibatches",
             "micro_batch",
@@ -200,6 +203,8 @@ class RLConfig:
             "entropy_window",
         ):
             _positive(f"rl.{name}", getattr(self, name))
+        if self.task_max_operand < 2:
+            raise ConfigError(f"rl.task_max_operand must be >= 2, got {self.task_max_operand}")
         if self.minibatches > self.prompts_per_step:
             raise ConfigError(
                 f"rl.minibatches ({self.minibatches}) must be <= rl.prompts_per_step ({self.prompts_per_step})"

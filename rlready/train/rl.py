@@ -86,9 +86,13 @@ def load_tasks(cfg: RunConfig) -> tuple[list[Task], list[Task]]:
     """(training prompts, held-out evaluation prompts) of the run."""
     rc = cfg.rl
     if rc.data is None:
+        from rlready.data.reasoning import ReasoningConfig
         from rlready.data.world import World, WorldConfig
 
-        world = World(WorldConfig(seed=cfg.data.world_seed))
+        # Same world seed (hence the same held-out split rule) as pre-/mid-training; the difficulty knobs
+        # let a small model start RL with non-zero success, without which GRPO has no signal.
+        difficulty = ReasoningConfig(max_steps=rc.task_max_steps, max_operand=rc.task_max_operand)
+        world = World(WorldConfig(seed=cfg.data.world_seed, reasoning=difficulty))
         train = [Task(p.prompt, p.answer) for p in world.reasoning_problems(rc.train_problems, split="train")]
         held = [
             Task(p.prompt, p.answer) for p in world.reasoning_problems(cfg.eval.reasoning_problems, "eval")
@@ -137,6 +141,12 @@ def overlong_penalty(length: int, max_len: int, buffer: int, factor: float = 1.0
     if buffer <= 0 or length <= max_len - buffer:
         return 0.0
     return -factor * min(1.0, (length - (max_len - buffer)) / buffer)
+
+
+def entropy_collapsed(history: Sequence[float], drop: float) -> bool:
+    """Whether the latest entropy of ``history`` (a window of steps) is more than ``drop`` (a fraction)
+    below the window's maximum: the early collapse the paper reports for high-entropy priors."""
+    return len(history) > 1 and history[-1] < (1.0 - drop) * max(history)
 
 
 @dataclass
@@ -381,7 +391,7 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
                 if train_stats is not None:
                     record.update(train_stats)
                     entropy_hist = (entropy_hist + [train_stats["entropy"]])[-rc.entropy_window :]
-                    now_collapsed = train_stats["entropy"] < (1.0 - rc.entropy_drop) * max(entropy_hist)
+                    now_collapsed = entropy_collapsed(entropy_hist, rc.entropy_drop)
                     if now_collapsed and not collapsed:
                         warn(
                             f"entropy collapse at step {step}: policy entropy {train_stats['entropy']:.3f} is more "

@@ -1,0 +1,384 @@
+"""The RL stage (``rlready rl``): reward shaping, packing, the GRPO update, dynamic sampling wiring, rollouts,
+a full run with its metrics and eval.json, exact resume from a checkpoint, and bad configuration."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import operator
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlready import config
+from rlready.config import ConfigError
+from rlready.rl.rollout import Completion, HFRollout
+from rlready.rl.sampling import collect_informative_groups
+from rlready.train import rl
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny Qwen3 with a small BPE tokenizer, saved in Hugging Face format."""
+    from rlready.data.tokenizer import train_tokenizer
+    from rlready.data.world import World, WorldConfig
+    from rlready.models import build_config, build_model, save_model
+
+    world = World(WorldConfig(seed=0))
+    tok = train_tokenizer(world.documents("midtrain", n_chars=60_000), 384)
+    torch.manual_seed(0)
+    cfg = build_config("tiny", vocab_size=len(tok))
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(cfg, attr, tok.eos_token_id)
+    out = tmp_path_factory.mktemp("model") / "m"
+    save_model(build_model(cfg), tok, out)
+    return out
+
+
+def _load(path: Path):
+    from rlready.data.tokenizer import load_tokenizer
+    from rlready.models import load_model
+
+    return load_model(path), load_tokenizer(path)
+
+
+# -- pure pieces --------------------------------------------------------------------------------------------
+
+
+def test_overlong_penalty_formula() -> None:
+    # DAPO: 0 up to L_max - L_cache, then (L_max - L_cache - len) / L_cache, -1 at the limit.
+    max_len, buf = 20, 5
+    for length in range(0, 26):
+        want = 0.0 if length <= 15 else max(-1.0, (15 - length) / 5)
+        assert rl.overlong_penalty(length, max_len, buf) == pytest.approx(want)
+    assert rl.overlong_penalty(18, max_len, buf, factor=0.5) == pytest.approx(-0.3)
+    assert rl.overlong_penalty(20, max_len, 0) == 0.0  # off
+
+
+def test_entropy_collapse_detection() -> None:
+    assert not rl.entropy_collapsed([2.0], 0.5)
+    assert not rl.entropy_collapsed([2.0, 1.5, 1.01], 0.5)
+    assert rl.entropy_collapsed([2.0, 1.5, 0.99], 0.5)
+    assert not rl.entropy_collapsed([0.5, 1.0, 2.0], 0.5)  # a rise is no collapse
+
+
+def test_answer_keys() -> None:
+    assert rl.boxed_answer(r"so \boxed{\frac{1}{2}} and \boxed{ 3 }") == "3"
+    assert rl.boxed_answer(r"x = \boxed{\frac{a}{b}}.") == r"\frac{a}{b}"
+    assert rl.boxed_answer("no box") is None
+    assert rl.boxed_answer(r"\boxed{unclosed") is None
+    assert rl.answer_key("2 + 3 = 5.\n#### 5\n\nQ:", "arithmetic") == "5"
+    assert rl.answer_key(r"\boxed{7}", "math") == "7"
+
+
+def _group(prompt, responses, rewards, truncated=None):
+    truncated = truncated or [False] * len(responses)
+    comps = [Completion(prompt, r, "", t) for r, t in zip(responses, truncated, strict=True)]
+    return rl.Group(rl.Task("q", "1"), comps, list(rewards), list(rewards))
+
+
+def test_pack_masks_response_targets_and_truncated() -> None:
+    g = _group([5, 6, 7], [[8, 9, 0], [10, 11]], [1.0, 0.0], truncated=[False, True])
+    ids, attn, mask = rl.pack([g], pad_id=0, mask_truncated=False)
+    assert ids.tolist() == [[5, 6, 7, 8, 9, 0], [5, 6, 7, 10, 11, 0]]
+    assert attn.tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]]
+    # target t of the shifted sequence predicts ids[t + 1]: response tokens are targets 2..
+    assert mask.tolist() == [[False, False, True, True, True], [False, False, True, True, False]]
+    _, _, mask = rl.pack([g], pad_id=0, mask_truncated=True)
+    assert mask[1].sum() == 0 and mask[0].sum() == 3
+
+
+def test_prompt_stream_epochs_and_state() -> None:
+    tasks = [rl.Task(str(i), str(i)) for i in range(5)]
+    a = rl.PromptStream(tasks, seed=3)
+    first = a.take(5)
+    assert sorted(t.prompt for t in first) == [str(i) for i in range(5)]  # an epoch is a permutation
+    a.take(2)
+    b = rl.PromptStream(tasks, seed=3)
+    b.load_state_dict(a.state_dict())
+    assert a.take(6) == b.take(6)
+
+
+# -- the update and dynamic sampling ------------------------------------------------------------------------
+
+
+def _seq_logprob(model, prompt, response) -> float:
+    ids = torch.tensor([prompt + response])
+    logp, _ = rl.token_logprobs(model, ids, torch.ones_like(ids), 1.0)
+    return float(logp[0, len(prompt) - 1 :].sum().detach())
+
+
+@pytest.mark.parametrize("minibatches", [1, 2])
+def test_update_moves_policy_toward_rewarded_responses(tiny_model: Path, minibatches: int) -> None:
+    from rlready.train.lm import make_optimizer
+
+    model, _ = _load(tiny_model)
+    cfg = config.resolve(
+        "rl", "tiny", overrides=[("rl.group_size", "2"), ("rl.minibatches", str(minibatches))]
+    )
+    cfg.train.lr = 1e-2
+    opt = make_optimizer(model, cfg)
+    prompts = [[20, 21, 22], [30, 31]]
+    good, bad = [[40, 41, 42], [50, 51]], [[60, 61], [70, 71, 72, 73]]
+    groups = [_group(p, [g, b], [1.0, 0.0]) for p, g, b in zip(prompts, good, bad, strict=True)]
+    before = [
+        (_seq_logprob(model, p, g), _seq_logprob(model, p, b))
+        for p, g, b in zip(prompts, good, bad, strict=True)
+    ]
+    w0 = [p.detach().clone() for p in model.parameters()]
+    stats = rl._update(model, opt, groups, cfg, pad_id=0, autocast=contextlib.nullcontext)
+    assert stats is not None and stats["updates"] == minibatches
+    assert any(not torch.equal(a, b) for a, b in zip(w0, model.parameters(), strict=True))
+    with torch.no_grad():
+        after = [
+            (_seq_logprob(model, p, g), _seq_logprob(model, p, b))
+            for p, g, b in zip(prompts, good, bad, strict=True)
+        ]
+    if minibatches == 1:  # one update on both groups: each rewarded response up, each other one down
+        for (lg, lb), (ag, ab) in zip(before, after, strict=True):
+            assert ag > lg and ab < lb
+    else:  # each update sees one group; the last group moved the right way, and the margins grew overall
+        assert after[-1][0] > before[-1][0] and after[-1][1] < before[-1][1]
+    assert sum(g - b for g, b in after) > sum(g - b for g, b in before)
+    for key in ("loss", "entropy", "clip_frac_low", "clip_frac_high", "approx_kl", "grad_norm"):
+        assert key in stats
+
+
+def test_update_skips_zero_variance_and_fully_masked(tiny_model: Path) -> None:
+    from rlready.train.lm import make_optimizer
+
+    model, _ = _load(tiny_model)
+    cfg = config.resolve("rl", "tiny", overrides=[("rl.group_size", "2"), ("rl.minibatches", "1")])
+    cfg.rl.mask_truncated = True
+    opt = make_optimizer(model, cfg)
+    g = _group([20, 21], [[40, 41], [50]], [1.0, 0.0], truncated=[True, True])
+    assert rl._update(model, opt, [g], cfg, pad_id=0, autocast=contextlib.nullcontext) is None
+
+
+class _FakeBackend:
+    """Responses are the prompt's index repeated; the answer decides which groups vary."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def generate(self, prompts, n, max_new_tokens, temperature, top_p=1.0):
+        self.calls += 1
+        return [
+            [Completion([1], [2] * (i + 1), f"#### {i}", i == max_new_tokens) for i in range(n)]
+            for _ in prompts
+        ]
+
+
+class _FakeScorer:
+    def score(self, texts, answers):
+        # "vary" answers give 1 to the first response only; others give all-equal rewards.
+        return [float(a == "vary" and t == "#### 0") for t, a in zip(texts, answers, strict=True)], 1
+
+
+def test_dynamic_sampling_wiring() -> None:
+    cfg = config.resolve(
+        "rl",
+        "tiny",
+        overrides=[
+            ("rl.group_size", "3"),
+            ("rl.prompts_per_step", "2"),
+            ("rl.minibatches", "1"),
+            ("rl.max_new_tokens", "3"),
+        ],
+    )
+    tasks = [rl.Task("a", "same"), rl.Task("b", "vary"), rl.Task("c", "same"), rl.Task("d", "same")]
+    stream = rl.PromptStream(tasks, seed=0)
+    backend = _FakeBackend()
+
+    def round_(_missing):
+        return rl.rollout_round(backend, _FakeScorer(), stream.take(2), cfg.rl)[0]
+
+    batch = collect_informative_groups(round_, 2, max_rounds=10, tol=cfg.rl.std_tol)
+    assert len(batch.groups) == 2 and not batch.capped
+    assert all(g.task.answer == "vary" for g in batch.groups)
+    assert batch.rounds == backend.calls and batch.dropped_zero_variance == 2 * batch.rounds - 2
+    groups, failures = rl.rollout_round(backend, _FakeScorer(), [rl.Task("x", "vary")], cfg.rl)
+    assert failures == 1 and groups[0].correct == [1.0, 0.0, 0.0]
+    # the overlong penalty is added to the reward only when enabled
+    cfg.rl.overlong_buffer = 2
+    groups, _ = rl.rollout_round(backend, _FakeScorer(), [rl.Task("x", "vary")], cfg.rl)
+    assert groups[0].rewards == pytest.approx([1.0, -0.5, -1.0])
+
+
+def test_hf_rollout_shapes_and_truncation(tiny_model: Path) -> None:
+    model, tok = _load(tiny_model)
+    torch.manual_seed(0)
+    outs = HFRollout(model, tok, gen_batch=6).generate(["Q: Mia has 3 apples.", "Q: x"], 3, 5, 1.0)
+    assert [len(g) for g in outs] == [3, 3]
+    for group, prompt in zip(outs, ["Q: Mia has 3 apples.", "Q: x"], strict=True):
+        for c in group:
+            assert c.prompt_ids == tok(prompt)["input_ids"]
+            assert 1 <= len(c.ids) <= 5
+            assert c.truncated == (tok.eos_token_id not in c.ids)
+            if c.truncated:
+                assert len(c.ids) == 5
+            else:
+                assert c.ids[-1] == tok.eos_token_id
+    with pytest.raises(ValueError, match="n and max_new_tokens"):
+        HFRollout(model, tok).generate(["a"], 0, 5, 1.0)
+
+
+# -- a whole run, and exact resume --------------------------------------------------------------------------
+
+_RUN = [
+    ("train.max_steps", "4"),
+    ("train.checkpoint_every", "2"),
+    ("rl.prompts_per_step", "2"),
+    ("rl.group_size", "4"),
+    ("rl.minibatches", "2"),
+    ("rl.max_new_tokens", "6"),
+    ("rl.max_rounds", "3"),
+    ("rl.eval_every", "2"),
+    ("eval.reasoning_problems", "3"),
+    ("eval.samples", "4"),
+    ("eval.pass_k", "2"),
+    ("eval.max_new_tokens", "6"),
+    ("log.progress", "lines"),
+]
+
+
+# Two short runs (about a minute on 2 CPU cores): the tests using them are marked slow.
+@pytest.fixture(scope="module")
+def finished_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # The untrained model almost never writes the answer after ####; a lexicographic comparison gives groups
+    # that vary, so updates happen. operator.lt is picklable for the spawned reward workers.
+    mp = pytest.MonkeyPatch()
+    mp.setattr("rlready.rl.rewards.get_reward", lambda name: operator.lt)
+    cfg = config.resolve("rl", "tiny", overrides=[*_RUN, ("model.init", str(tiny_model))])
+    out = tmp_path_factory.mktemp("rl") / "run"
+    try:
+        rl.run(cfg, out)
+        # Resume: drop the results and the last state, so the same command resumes from step 2.
+        ref = {k: v.clone() for k, v in _load(out / "final")[0].state_dict().items()}
+        shutil.rmtree(out / "final")
+        (out / "eval.json").unlink()
+        assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]
+        rl.run(cfg, out)
+    finally:
+        mp.undo()
+    torch.save(ref, out.parent / "reference.pt")
+    return out
+
+
+@pytest.mark.slow
+def test_run_writes_metrics_eval_and_final(finished_run: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    records = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 3, 4]  # 3, 4 again after the resume
+    for key in (
+        "reward_mean",
+        "accuracy",
+        "response_len_mean",
+        "response_len_max",
+        "truncation_rate",
+        "zero_variance_frac",
+        "gen_rounds",
+        "reward_failures",
+        "entropy_collapse",
+    ):
+        assert all(key in r for r in records), key
+    trained = [r for r in records if "entropy" in r]
+    assert trained, "no step trained"
+    for key in ("entropy", "clip_frac_low", "clip_frac_high", "loss"):
+        assert all(key in r for r in trained)
+    assert "eval_avg@k" in records[1]
+    assert all(r["response_len_max"] <= 6 for r in records)
+    ev = json.loads((finished_run / "eval.json").read_text())
+    for d in (ev, ev["initial"]):
+        for key in ("avg@k", "cons@k", "pass@k", "avg@4", "cons@4", "pass@2", "pass@4", "avg@1"):
+            assert 0.0 <= d[key] <= 1.0
+        assert d["avg@k"] == d["avg@4"] and d["pass@k"] == d["pass@2"] and d["cons@k"] == d["cons@4"]
+    assert ev["step"] == 4
+    model = AutoModelForCausalLM.from_pretrained(finished_run / "final")
+    assert model.config.vocab_size > 0
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_final_weights(finished_run: Path) -> None:
+    ref = torch.load(finished_run.parent / "reference.pt")
+    resumed = _load(finished_run / "final")[0].state_dict()
+    assert ref.keys() == resumed.keys()
+    for name, tensor in ref.items():
+        assert torch.equal(tensor, resumed[name]), name
+
+
+@pytest.mark.slow
+def test_finished_run_is_not_retrained(finished_run: Path, tiny_model: Path) -> None:
+    cfg = config.resolve("rl", "tiny", overrides=[*_RUN, ("model.init", str(tiny_model))])
+    before = (finished_run / "metrics.jsonl").read_text()
+    assert rl.run(cfg, finished_run)["step"] == 4
+    assert (finished_run / "metrics.jsonl").read_text() == before
+    other = config.resolve(
+        "rl", "tiny", overrides=[*_RUN, ("model.init", str(tiny_model)), ("rl.eps_high", "0.3")]
+    )
+    with pytest.raises(ConfigError, match="different configuration"):
+        rl.run(other, finished_run)
+
+
+# -- configuration and CLI ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("rl.group_size", "1", "rl.group_size must be >= 2"),
+        ("rl.minibatches", "0", "rl.minibatches must be >= 1"),
+        ("rl.minibatches", "500", "must be <= rl.prompts_per_step"),
+        ("rl.backend", "tgi", "rl.backend must be hf or vllm"),
+        ("rl.overlong_buffer", "32", "must be < rl.max_new_tokens"),
+        ("rl.temperature", "0", "rl.temperature must be > 0"),
+        ("rl.eps_low", "1.5", "rl.eps_low must be in"),
+        ("rl.entropy_drop", "1", "rl.entropy_drop must be in"),
+        ("rl.reward", "gsm8k", "needs rl.data"),
+        ("rl.reward", "nope", "rl.reward must be one of"),
+        ("rl.reward_timeout_s", "0", "rl.reward_timeout_s must be > 0"),
+        ("rl.mask_truncated", "maybe", "must be true or false"),
+    ],
+)
+def test_bad_rl_config_is_one_line_error(field: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        config.resolve("rl", "tiny", overrides=[(field, value)])
+    assert "\n" not in str(err.value)
+
+
+def test_rl_defaults_follow_the_paper() -> None:
+    cfg = config.resolve("rl", "dense-4b")
+    assert (cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.rl.temperature) == (128, 16, 1.0)
+    assert (cfg.rl.eps_low, cfg.rl.eps_high, cfg.train.lr, cfg.train.max_steps) == (0.2, 0.28, 1e-6, 1000)
+    assert cfg.rl.minibatches > 1 and cfg.train.decay_fraction == 0.0 and cfg.train.warmup_steps == 0
+    assert (cfg.eval.samples, cfg.eval.pass_k) == (128, 64)
+    tiny = config.resolve("rl", "tiny")
+    assert tiny.rl.minibatches > 1 and tiny.train.final_lr == tiny.train.lr
+
+
+def test_real_data_tasks_hold_out_the_last_records(tmp_path: Path) -> None:
+    path = tmp_path / "gsm.jsonl"
+    path.write_text(
+        "".join(json.dumps({"question": f"q{i}?", "answer": f"work\n#### {i}"}) + "\n" for i in range(30))
+    )
+    cfg = config.resolve("rl", "tiny", overrides=[("rl.data", str(path)), ("rl.reward", "gsm8k")])
+    train, held = rl.load_tasks(cfg)
+    assert len(held) == 3 and len(train) == 27
+    assert held[0] == rl.Task("Q: q27?\nA:", "27")
+    cfg.rl.data = str(tmp_path / "missing.jsonl")
+    with pytest.raises(ConfigError, match="does not exist"):
+        rl.load_tasks(cfg)
+
+
+def test_cli_registers_rl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rlready.cli import build_parser, main
+
+    assert "rl" in build_parser().format_help()
+    with pytest.raises(SystemExit):
+        main(["rl", "--out", str(tmp_path / "x")])  # --init is required
+    assert "--init" in capsys.readouterr().err
+    assert main(["rl", "--out", str(tmp_path / "x"), "--init", str(tmp_path / "none")]) == 2
+    assert "rl needs --init" in capsys.readouterr().err
