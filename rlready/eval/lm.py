@@ -152,3 +152,28 @@ def reasoning_eval(
         problems
     )
     return {"reasoning": acc, **summarize(per_problem, sorted({1, k, n}))}
+
+
+def periodic_eval(model: Any, data: Any, cfg: Any) -> dict[str, float]:
+    """The cheap part of the end-of-stage evaluation, for curves along training: held-out perplexity /
+    entropy / head mass, and on the synthetic world greedy knowledge and reasoning accuracy. Greedy decoding
+    draws no random numbers, so evaluating does not change the training run."""
+    out: dict[str, float] = dict(
+        heldout_stats(model, data.heldout, seq_len=cfg.data.seq_len, k=cfg.loss.k, max_tokens=cfg.eval.tokens)
+    )
+    if data.world is not None:
+        questions = data.world.knowledge_questions("eval")[: cfg.eval.knowledge_questions]
+        out["knowledge"] = knowledge_accuracy(model, data.tokenizer, questions)
+        problems = data.world.reasoning_problems(cfg.eval.reasoning_problems, split="eval")
+        greedy = _generate(
+            model,
+            data.tokenizer,
+            [p.prompt for p in problems],
+            n=1,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            do_sample=False,
+        )
+        out["reasoning"] = sum(
+            hash_answer_reward(g[0], p.answer) for p, g in zip(problems, greedy, strict=True)
+        ) / max(1, len(problems))
+    return out

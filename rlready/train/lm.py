@@ -440,16 +440,9 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
                         head_mass=m["head_mass"],
                     )
                 if tc.eval_every and step % tc.eval_every == 0 and d.is_main:
-                    from rlready.eval.lm import heldout_stats
+                    from rlready.eval.lm import periodic_eval
 
-                    ev = heldout_stats(
-                        model,
-                        data.heldout,
-                        seq_len=cfg.data.seq_len,
-                        k=cfg.loss.k,
-                        max_tokens=cfg.eval.tokens,
-                    )
-                    record.update({f"eval_{k}": v for k, v in ev.items()})
+                    record.update({f"eval_{k}": v for k, v in periodic_eval(model, data, cfg).items()})
                 logger.log(step, record)
                 t_last, tok_last = time.perf_counter(), tokens_seen
             stop_now = dist.broadcast_flag(stop.signum is not None, d)
