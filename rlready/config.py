@@ -129,6 +129,9 @@ class TrainConfig:
             raise ConfigError(f"train.decay_fraction must be in [0, 1], got {self.decay_fraction}")
         if not (0.0 <= self.weight_decay < 1.0):
             raise ConfigError(f"train.weight_decay must be in [0, 1), got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.autocast not in ("auto", "bf16", "off"):
             raise ConfigError(f"train.autocast must be auto, bf16 or off, got {self.autocast!r}")
 
@@ -149,8 +152,13 @@ class EvalConfig:
             _positive(f"eval.{name}", getattr(self, name))
         if self.pass_k > self.samples:
             raise ConfigError(f"eval.pass_k ({self.pass_k}) must be <= eval.samples ({self.samples})")
-        if not 0.0 < self.top_p <= 1.0 or self.temperature < 0:
-            raise ConfigError("eval.top_p must be in (0, 1] and eval.temperature >= 0")
+        for name in ("knowledge_questions", "reasoning_problems"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"eval.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"eval.top_p must be in (0, 1], got {self.top_p}")
+        if self.temperature < 0:
+            raise ConfigError(f"eval.temperature must be >= 0, got {self.temperature}")
 
 
 @dataclass
@@ -247,6 +255,10 @@ class LogConfig:
     tensorboard: bool = False
     wandb: bool = False  # offline unless WANDB_MODE says otherwise
     progress: str = "auto"  # auto: a bar on a terminal, log lines otherwise; bar; lines
+
+    def validate(self) -> None:
+        if self.progress not in ("auto", "bar", "lines"):
+            raise ConfigError(f"log.progress must be auto, bar or lines, got {self.progress!r}")
 
 
 @dataclass

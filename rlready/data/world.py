@@ -34,7 +34,7 @@ Split = Literal["train", "eval"]
 STAGES = ("pretrain", "midtrain")
 SPLITS = ("train", "eval")
 # Bump when a code change alters the generated text, so cached token shards of the old text are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _MAX_REJECTIONS = 10_000  # a split this rare means a degenerate config, not bad luck
 
 
@@ -160,8 +160,10 @@ class World:
         return " ".join(self._sentence(rng, "train") for _ in range(rng.randint(lo, hi)))
 
     def _reasoning_document(self, rng: random.Random) -> str:
-        problems = (self._problem(rng, "train") for _ in range(rng.randint(1, 3)))
-        return "\n\n".join(p.prompt + p.solution for p in problems)
+        # One problem per document: the EOS that follows it teaches the model to stop after "#### n",
+        # which RL relies on (a response that runs on into another question is truncated).
+        p = self._problem(rng, "train")
+        return p.prompt + p.solution
 
     def _sentence(self, rng: random.Random, split: Split) -> str:
         # Rejection keeps the distribution of each split the grammar's, conditioned on the split.

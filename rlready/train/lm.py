@@ -451,9 +451,12 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
                     save(step)
                 if stop_now:
                     logger.close()
-                    raise Interrupted(
-                        f"interrupted at step {step}; checkpoint written to {out / 'checkpoints'}; run the same command to resume"
+                    where = (
+                        f"checkpoint written to {out / 'checkpoints'}"
+                        if finite
+                        else "last good checkpoint kept"
                     )
+                    raise Interrupted(f"interrupted at step {step}; {where}; run the same command to resume")
     logger.close()
     return _finish(cfg, out, model, data, d, step, tokens_seen)
 

@@ -27,6 +27,7 @@ import contextlib
 import json
 import random
 import re
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -313,7 +314,7 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
     autocast = (
         (lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     )
-    warn = lambda msg: print(f"rlready: warning: {msg}", flush=True)  # noqa: E731
+    warn = lambda msg: print(f"rlready: warning: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     ckpt = checkpoint.load_latest(out / "checkpoints", warn)
     logger = RunLogger(
         out,

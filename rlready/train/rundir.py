@@ -15,12 +15,15 @@ from typing import Any
 
 from rlready.config import ConfigError, RunConfig
 
-# Sections that do not change what is computed: a resumed run may change them.
+# Sections that do not change what a stage computes: a resumed run may change them (``log``), or the stage
+# never reads them (the RL settings in pre-/mid-training, the loss knobs in RL).
 _FREE = ("log",)
+_UNUSED = {"pretrain": ("rl",), "midtrain": ("rl",), "rl": ("loss",)}
 
 
 def _comparable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k not in _FREE}
+    drop = (*_FREE, *_UNUSED.get(d.get("stage", ""), ()))
+    return {k: v for k, v in d.items() if k not in drop}
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
