@@ -291,13 +291,15 @@ def _applies(key: str, stage: str) -> bool:
 
 def stage_overrides(extra: list[str], stage: str) -> list[tuple[str, str]]:
     """The overrides one stage gets: ``--STAGE.section.field V`` for that stage only, plain
-    ``--section.field V`` for every stage it applies to."""
+    ``--section.field V`` for every stage it applies to (``rl.*`` only to RL, ``loss.*`` only to the LM stages)."""
     from rlready.config import parse_overrides
 
     out = []
     for key, value in parse_overrides(extra):
         head, _, rest = key.partition(".")
-        if head in STAGE_ORDER:
+        if (
+            head in STAGE_ORDER and "." in rest
+        ):  # "rl.group_size" is the rl section, "rl.rl.group_size" the stage
             if head == stage:
                 out.append((rest, value))
         elif _applies(key, stage):

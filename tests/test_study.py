@@ -1,0 +1,172 @@
+"""The study's orchestration pieces and report, on hand-made run directories (no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlready.config import ConfigError
+from rlready.report.report import claims, verdict, write_report
+from rlready.report.summary import collect, read_metrics
+from rlready.study import DEFAULT_CONFIGS, Job, StudyConfig, load_configs, stage_overrides
+
+
+def test_default_configurations_are_the_papers_five() -> None:
+    got = {(c.beta, c.lam_head, c.lam_tail, c.k) for c in DEFAULT_CONFIGS}
+    assert got == {
+        ("0.0", "0.0", "0.0", 100),
+        ("-0.25", "0.0", "0.0", 100),
+        ("0.5", "0.0", "0.0", 100),
+        ("0.0", "0.0", "-0.1", 100),
+        ("0.0", "0.1", "0.0", 100),
+    }
+
+
+def test_load_configs_yaml_and_toml(tmp_path: Path) -> None:
+    y = tmp_path / "c.yaml"
+    y.write_text("- {name: a, beta: -0.5}\n- {name: b, lam_tail: 'linear:-0.1:0', k: 5}\n")
+    assert load_configs(y) == [StudyConfig("a", beta="-0.5"), StudyConfig("b", lam_tail="linear:-0.1:0", k=5)]
+    t = tmp_path / "c.toml"
+    t.write_text('[[configs]]\nname = "x"\nbeta = 0.5\n')
+    assert load_configs(t) == [StudyConfig("x", beta="0.5")]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[]", "non-empty list"),
+        ("- {beta: 1}", "with a name"),
+        ("- {name: a, gamma: 1}", "unknown fields"),
+        ("- {name: a}\n- {name: a}", "unique"),
+        ("- {name: ../x}", "plain"),
+        ("- {name: a, k: many}", "k must be an integer"),
+        ("- [unclosed", "malformed YAML"),
+    ],
+)
+def test_load_configs_rejects_bad_files(tmp_path: Path, text: str, message: str) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_configs(f)
+
+
+def test_overrides_are_routed_to_their_stages() -> None:
+    extra = ["--train.max_steps", "5", "--pretrain.train.lr", "0.1", "--loss.k", "3", "--rl.group_size=4"]
+    assert stage_overrides(extra, "pretrain") == [
+        ("train.max_steps", "5"),
+        ("train.lr", "0.1"),
+        ("loss.k", "3"),
+    ]
+    assert stage_overrides(extra, "midtrain") == [("train.max_steps", "5"), ("loss.k", "3")]
+    assert stage_overrides(extra, "rl") == [("train.max_steps", "5"), ("rl.group_size", "4")]
+
+
+def test_job_commands_chain_the_stages(tmp_path: Path) -> None:
+    job = Job(StudyConfig("b", beta="-0.25", k=7), 2, tmp_path / "b-s2")
+    pre = job.command("pretrain", "tiny", ["--midtrain.train.max_steps", "3"])
+    assert (
+        "--init" not in pre
+        and pre[pre.index("--loss.beta") + 1] == "-0.25"
+        and pre[pre.index("--seed") + 1] == "2"
+    )
+    mid = job.command("midtrain", "tiny", ["--midtrain.train.max_steps", "3"])
+    assert mid[mid.index("--init") + 1] == str(tmp_path / "b-s2" / "pretrain" / "final")
+    assert mid[-2:] == ["--train.max_steps", "3"]
+    rl = job.command("rl", "tiny", [])
+    assert (
+        rl[rl.index("--init") + 1] == str(tmp_path / "b-s2" / "midtrain" / "final")
+        and "--loss.beta" not in rl
+    )
+
+
+def test_verdict() -> None:
+    assert verdict([2.0, 2.1, 2.05], [1.0, 1.1, 1.05], larger=True) == "reproduced"
+    assert verdict([1.0, 1.1, 1.05], [2.0, 2.1, 2.05], larger=True) == "not reproduced"
+    assert verdict([1.0, 2.0, 3.0], [1.5, 2.5, 1.0], larger=True).startswith("inconclusive")
+    assert verdict([1.0], [2.0], larger=False).startswith("consistent (1 seed")
+    assert verdict([], [2.0], larger=False) == "not measured"
+
+
+def _fake_study(root: Path, seeds: int = 2) -> list[Job]:
+    """Run directories as the stages write them, with entropies ordered as the paper reports."""
+    jobs = []
+    entropy = {"CE": 2.4, "beta=-0.25": 2.2, "beta=0.5": 2.6, "lam_tail=-0.1": 2.3, "lam_head=0.1": 2.5}
+    for c in DEFAULT_CONFIGS:
+        for s in range(seeds):
+            job = Job(c, s, root / "runs" / f"{c.name}-s{s}")
+            e = entropy[c.name] + 0.01 * s
+            for stage, ev in (
+                ("pretrain", {"ppl": 10.0 + s * 0.1, "entropy": e, "knowledge": 0.1, "reasoning": 0.05}),
+                ("midtrain", {"ppl": 3.0, "entropy": e / 2, "knowledge": 0.2, "reasoning": 0.1}),
+                (
+                    "rl",
+                    {
+                        "avg@k": 0.3,
+                        "cons@k": 0.3,
+                        "pass@k": 0.5,
+                        "pass@1": 0.3,
+                        "pass@4": 0.5,
+                        "initial": {"avg@k": 0.1, "cons@k": 0.1, "pass@k": 0.4, "pass@1": 0.1, "pass@4": 0.4},
+                    },
+                ),
+            ):
+                d = job.root / stage
+                d.mkdir(parents=True)
+                (d / "eval.json").write_text(json.dumps(ev))
+                recs = [
+                    {
+                        "step": i,
+                        "tokens": 100 * i,
+                        "ppl": 20 - i,
+                        "entropy": e + 1 / i,
+                        "accuracy": 0.1 * i,
+                        "response_len_mean": 20.0,
+                        "eval_avg@4": 0.1 * i,
+                    }
+                    for i in range(1, 5)
+                ]
+                (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n{torn")
+            jobs.append(job)
+    return jobs
+
+
+def test_collect_claims_and_report(tmp_path: Path) -> None:
+    jobs = _fake_study(tmp_path)
+    (tmp_path / "study.json").write_text(json.dumps({"preset": "tiny"}))
+    summary = collect(tmp_path, jobs)
+    assert len(summary["runs"]) == 10
+    run = summary["runs"][0]
+    assert {"name", "beta", "lam_head", "lam_tail", "k", "seed", "pretrain", "midtrain", "rl"} <= set(run)
+    assert run["rl"]["initial"]["avg@k"] == 0.1
+    summary["wall_time_s"] = 60.0
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    table = {c[0]: c[2] for c in claims(summary)}
+    assert table["Lower entropy after pre-training with beta=-0.25 than CE"] == "reproduced"
+    assert table["Higher entropy after pre-training with beta=0.5 than CE"] == "reproduced"
+    assert table["Perplexity converges to comparable values for every beta"].startswith("reproduced")
+    assert table["RL raises Avg@k over the starting model (all configurations)"] == "reproduced"
+    [path] = write_report([tmp_path])
+    text = path.read_text()
+    for fig in ("pretrain.png", "midtrain.png", "rl.png", "passk.png"):
+        assert (tmp_path / "figures" / fig).stat().st_size > 1000 and fig in text
+    assert "| beta=-0.25 |" in text and "2.205 ± 0.007" in text  # mean ± std over the two seeds
+
+
+def test_report_compares_studies_and_rejects_non_studies(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        root = tmp_path / name
+        jobs = _fake_study(root, seeds=1)
+        (root / "summary.json").write_text(json.dumps(collect(root, jobs)))
+    paths = write_report([tmp_path / "a", tmp_path / "b"])
+    assert paths[-1] == tmp_path / "a" / "comparison.md" and "Comparison" in paths[-1].read_text()
+    with pytest.raises(ValueError, match="no summary.json"):
+        write_report([tmp_path])
+
+
+def test_read_metrics_skips_a_torn_last_line(tmp_path: Path) -> None:
+    f = tmp_path / "m.jsonl"
+    f.write_text('{"step": 1}\n{"step": 2}\n{"ste')
+    assert [r["step"] for r in read_metrics(f)] == [1, 2]
+    assert read_metrics(tmp_path / "missing.jsonl") == []
