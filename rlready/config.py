@@ -54,11 +54,16 @@ class DataConfig:
     seq_len: int = 256
     world_seed: int = 0  # the synthetic world is the same for every configuration of a study
     world_chars: int = 2_000_000  # characters of generated training text per stage
+    reasoning_max_steps: int = 3  # difficulty of the world's arithmetic problems (operations per problem)
+    reasoning_max_operand: int = 20  # ... and the largest operand
     cache_dir: str | None = None  # token shards; None: $RLREADY_CACHE or ~/.cache/rlready
 
     def validate(self) -> None:
         _positive("data.seq_len", self.seq_len)
         _positive("data.world_chars", self.world_chars)
+        _positive("data.reasoning_max_steps", self.reasoning_max_steps)
+        if self.reasoning_max_operand < 2:
+            raise ConfigError(f"data.reasoning_max_operand must be >= 2, got {self.reasoning_max_operand}")
         if self.vocab_size < 256:
             raise ConfigError(f"data.vocab_size must be >= 256 (byte-level BPE), got {self.vocab_size}")
 

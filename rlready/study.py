@@ -170,10 +170,26 @@ class Progress:
         return f"ETA {left / 60:.1f} min"
 
 
+class Cores:
+    """Splits the machine's cores between the stages running when a stage starts, so that a lone last
+    configuration gets every core instead of leaving some idle."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.running, self.lock = total, 0, threading.Lock()
+
+    def acquire(self) -> int:
+        with self.lock:
+            self.running += 1
+            return max(1, self.total // self.running)
+
+    def release(self) -> None:
+        with self.lock:
+            self.running -= 1
+
+
 def _run_job(
-    job: Job, preset: str, extra: list[str], threads: int, progress: Progress, parallel: int, debug: bool
+    job: Job, preset: str, extra: list[str], cores: Cores, progress: Progress, parallel: int, debug: bool
 ) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     for stage in STAGE_ORDER:
         out = job.stage_dir(stage)
         finished = (out / "eval.json").is_file() and (out / "final" / "config.json").is_file()
@@ -185,10 +201,15 @@ def _run_job(
         log = job.root / f"{stage}.log"
         job.root.mkdir(parents=True, exist_ok=True)
         cmd = job.command(stage, preset, extra) + (["--debug"] if debug else [])
-        with log.open("a") as f:
-            rc = subprocess.run(
-                cmd, stdout=f, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
-            ).returncode
+        threads = cores.acquire()
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        try:
+            with log.open("a") as f:
+                rc = subprocess.run(
+                    cmd, stdout=f, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+                ).returncode
+        finally:
+            cores.release()
         if rc != 0:
             tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
             raise RuntimeError(
@@ -258,15 +279,15 @@ def run_study(
     runs = [Job(c, s, out / "runs" / f"{c.name}-s{s}") for c in configs for s in range(seeds)]
     cores = os.cpu_count() or 1
     parallel = max(1, min(len(runs), jobs or cores))
-    threads = max(1, cores // parallel)
     progress = Progress(total=len(runs) * len(STAGE_ORDER), done=0)
     progress.line(
-        f"study of {len(configs)} configurations x {seeds} seeds on preset {preset!r}: {parallel} in parallel, {threads} thread(s) each"
+        f"study of {len(configs)} configurations x {seeds} seeds on preset {preset!r}: {parallel} in parallel on {cores} cores"
     )
     t0 = time.perf_counter()
+    shared = Cores(cores)
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         futures = [
-            pool.submit(_run_job, job, preset, extra, threads, progress, parallel, debug) for job in runs
+            pool.submit(_run_job, job, preset, extra, shared, progress, parallel, debug) for job in runs
         ]
         errors = [f.exception() for f in futures if f.exception() is not None]
     if errors:

@@ -11,16 +11,25 @@ from typing import Any
 
 _PRETRAIN: dict[str, dict[str, Any]] = {
     "tiny": {
-        "data": {"seq_len": 128, "vocab_size": 2048, "world_chars": 2_000_000},
+        # Arithmetic with one-digit operands and at most two operations: what a ~1M-parameter model learns
+        # in minutes, so that RL starts with a non-zero success rate.
+        "data": {
+            "seq_len": 128,
+            "vocab_size": 2048,
+            "world_chars": 4_000_000,
+            "reasoning_max_steps": 2,
+            "reasoning_max_operand": 9,
+        },
         "train": {
-            "max_steps": 300,
+            "max_steps": 480,
             "batch_size": 16,
             "micro_batch": 16,
             "lr": 3e-3,
             "final_lr": 3e-4,
             "warmup_steps": 30,
-            "checkpoint_every": 100,
+            "checkpoint_every": 120,
             "log_every": 10,
+            "eval_every": 0,
         },
         "eval": {
             "tokens": 32768,
@@ -85,6 +94,7 @@ def stage_defaults(stage: str, preset: str) -> dict[str, Any]:
         data["seq_len"] = seq * 2 if seq < 4096 else 16384
         train.update(lr=lr, final_lr=lr / 10, warmup_steps=0, decay_fraction=1.0)
         train["max_steps"] = max(1, train.get("max_steps", 1000) // 3)
+        train["eval_every"] = max(1, train["max_steps"] // 2)  # knowledge/reasoning curves along mid-training
         if "batch_size" in train and seq < 4096:
             train["batch_size"] = max(1, train["batch_size"] // 2)
             train["micro_batch"] = min(train.get("micro_batch", train["batch_size"]), train["batch_size"])
@@ -106,7 +116,7 @@ _RL: dict[str, dict[str, Any]] = {
     "tiny": {
         "train": {
             **_RL_TRAIN_COMMON,
-            "max_steps": 40,
+            "max_steps": 30,
             "lr": 3e-4,
             "final_lr": 3e-4,
             "checkpoint_every": 10,
@@ -123,10 +133,10 @@ _RL: dict[str, dict[str, Any]] = {
             "max_rounds": 8,
             "eval_every": 0,
             "train_problems": 512,
-            "task_max_steps": 1,
-            "task_max_operand": 20,
+            "task_max_steps": 2,
+            "task_max_operand": 9,
         },
-        "eval": {"reasoning_problems": 48, "samples": 8, "pass_k": 4, "max_new_tokens": 32},
+        "eval": {"reasoning_problems": 64, "samples": 8, "pass_k": 4, "max_new_tokens": 32},
     },
     "small": {
         "train": {

@@ -51,7 +51,8 @@ def _heldout_world_text(world: Any, stage: str, n_chars: int) -> list[str]:
     """Held-out documents in the stage's mix, built only from the world's evaluation splits."""
     mix = world.config.pretrain_mix if stage == "pretrain" else world.config.midtrain_mix
     sentences = world.language_sentences(max(8, int(n_chars * mix.language / 60)))
-    problems = world.reasoning_problems(max(4, int(n_chars * mix.reasoning / 150)), split="eval")
+    # Easy worlds have few distinct problems; a held-out set of up to 200 is plenty for perplexity.
+    problems = world.reasoning_problems(max(4, min(200, int(n_chars * mix.reasoning / 150))), split="eval")
     questions = world.knowledge_questions("eval")
     docs = [" ".join(sentences[i : i + 5]) for i in range(0, len(sentences), 5)]
     docs += [p.prompt + p.solution for p in problems]
@@ -91,6 +92,17 @@ def check_inputs(cfg: RunConfig, device: torch.device) -> Inputs:
     return Inputs(src, tok, model)
 
 
+def world_config(cfg: RunConfig) -> Any:
+    """The synthetic world of a run: one seed and difficulty for every stage of a study."""
+    from rlready.data.reasoning import ReasoningConfig
+    from rlready.data.world import WorldConfig
+
+    difficulty = ReasoningConfig(
+        max_steps=cfg.data.reasoning_max_steps, max_operand=cfg.data.reasoning_max_operand
+    )
+    return WorldConfig(seed=cfg.data.world_seed, reasoning=difficulty)
+
+
 def load_data(cfg: RunConfig, out: Path, d: dist.Dist, inputs: Inputs) -> LMData:
     from rlready.data import shards, tokenizer, world
 
@@ -101,7 +113,7 @@ def load_data(cfg: RunConfig, out: Path, d: dist.Dist, inputs: Inputs) -> LMData
         identity = src.identity()
         documents = src.documents
     else:
-        the_world = world.World(world.WorldConfig(seed=cfg.data.world_seed))
+        the_world = world.World(world_config(cfg))
         identity = world.world_identity(the_world.config, stage, n_chars=cfg.data.world_chars)
 
         def documents():
