@@ -171,20 +171,20 @@ class Progress:
 
 
 class Cores:
-    """Splits the machine's cores between the stages running when a stage starts, so that a lone last
-    configuration gets every core instead of leaving some idle."""
+    """Threads for a stage: the cores split over the configurations that can still run side by side, so
+    that the last configuration gets every core instead of leaving some idle, and the machine is never
+    oversubscribed (OpenMP threads that outnumber cores slow every process down several times)."""
 
-    def __init__(self, total: int) -> None:
-        self.total, self.running, self.lock = total, 0, threading.Lock()
+    def __init__(self, total: int, parallel: int, jobs: int) -> None:
+        self.total, self.parallel, self.unfinished, self.lock = total, parallel, jobs, threading.Lock()
 
-    def acquire(self) -> int:
+    def threads(self) -> int:
         with self.lock:
-            self.running += 1
-            return max(1, self.total // self.running)
+            return max(1, self.total // max(1, min(self.parallel, self.unfinished)))
 
-    def release(self) -> None:
+    def job_done(self) -> None:
         with self.lock:
-            self.running -= 1
+            self.unfinished -= 1
 
 
 def _run_job(
@@ -201,15 +201,12 @@ def _run_job(
         log = job.root / f"{stage}.log"
         job.root.mkdir(parents=True, exist_ok=True)
         cmd = job.command(stage, preset, extra) + (["--debug"] if debug else [])
-        threads = cores.acquire()
+        threads = cores.threads()
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        try:
-            with log.open("a") as f:
-                rc = subprocess.run(
-                    cmd, stdout=f, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
-                ).returncode
-        finally:
-            cores.release()
+        with log.open("a") as f:
+            rc = subprocess.run(
+                cmd, stdout=f, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+            ).returncode
         if rc != 0:
             tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
             raise RuntimeError(
@@ -217,7 +214,10 @@ def _run_job(
             )
         took = time.perf_counter() - start
         progress.finished(took, ran=True)
-        progress.line(f"{job.label}: {stage} done in {took:.0f}s ({progress.eta(parallel)})")
+        progress.line(
+            f"{job.label}: {stage} done in {took:.0f}s with {threads} thread(s) ({progress.eta(parallel)})"
+        )
+    cores.job_done()
 
 
 def _check_study_file(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
@@ -284,7 +284,7 @@ def run_study(
         f"study of {len(configs)} configurations x {seeds} seeds on preset {preset!r}: {parallel} in parallel on {cores} cores"
     )
     t0 = time.perf_counter()
-    shared = Cores(cores)
+    shared = Cores(cores, parallel, len(runs))
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         futures = [
             pool.submit(_run_job, job, preset, extra, shared, progress, parallel, debug) for job in runs
