@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 PRESET ?= tiny
 OUT    ?= runs/study-$(PRESET)
 
-.PHONY: setup test test-all lint study bench clean
+.PHONY: setup test test-slow test-all lint study bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ setup: $(VENV)/.installed
 test: setup
 	$(PY) -m pytest -q -n 2 -m "not slow"
 
+test-slow: setup
+	$(PY) -m pytest -q -n 2 -m slow
+
 test-all: setup
 	$(PY) -m pytest -q -n 2
 
@@ -33,7 +36,8 @@ study: setup
 	$(VENV)/bin/rlready study --preset $(PRESET) --out $(OUT)
 
 bench: setup
-	$(PY) benchmarks/run.py
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
