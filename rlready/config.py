@@ -192,8 +192,10 @@ class RLConfig:
     mask_truncated: bool = False  # exclude truncated responses from the loss (DAPO overlong filtering)
     reward_timeout_s: float = 10.0
     reward_workers: int = 1
-    backend: str = "hf"  # hf (transformers generate) | vllm (optional dependency, GPU)
-    gen_batch: int = 256  # sequences per generate call (hf backend)
+    backend: str = (
+        "cached"  # cached (lean KV-cache sampler) | hf (transformers generate) | vllm (GPU, optional)
+    )
+    gen_batch: int = 256  # sequences per sampling call (cached and hf backends)
     eval_every: int = 0  # held-out Avg@k/Cons@k/Pass@k every N steps (0: only before and after)
     entropy_window: int = 20  # steps over which an entropy collapse is detected
     entropy_drop: float = 0.5  # warn when entropy falls below (1 - this) x its maximum within the window
@@ -241,8 +243,8 @@ class RLConfig:
             raise ConfigError(f"rl.reward_timeout_s must be > 0, got {self.reward_timeout_s}")
         if not 0.0 < self.entropy_drop < 1.0:
             raise ConfigError(f"rl.entropy_drop must be in (0, 1), got {self.entropy_drop}")
-        if self.backend not in ("hf", "vllm"):
-            raise ConfigError(f"rl.backend must be hf or vllm, got {self.backend!r}")
+        if self.backend not in ("cached", "hf", "vllm"):
+            raise ConfigError(f"rl.backend must be cached, hf or vllm, got {self.backend!r}")
         from rlready.rl.rewards import available_rewards
 
         if self.reward not in available_rewards():

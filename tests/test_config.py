@@ -24,6 +24,8 @@ VALUES: dict[str, object] = {
     "data.seq_len": 64,
     "data.world_seed": 3,
     "data.world_chars": 1000,
+    "data.reasoning_max_steps": 4,
+    "data.reasoning_max_operand": 30,
     "data.cache_dir": "/cache",
     "loss.beta": "-0.25",
     "loss.lam_head": "0.1",

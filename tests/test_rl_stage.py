@@ -332,7 +332,7 @@ def test_finished_run_is_not_retrained(finished_run: Path, tiny_model: Path) -> 
         ("rl.group_size", "1", "rl.group_size must be >= 2"),
         ("rl.minibatches", "0", "rl.minibatches must be >= 1"),
         ("rl.minibatches", "500", "must be <= rl.prompts_per_step"),
-        ("rl.backend", "tgi", "rl.backend must be hf or vllm"),
+        ("rl.backend", "tgi", "rl.backend must be cached, hf or vllm"),
         ("rl.overlong_buffer", "32", "must be < rl.max_new_tokens"),
         ("rl.temperature", "0", "rl.temperature must be > 0"),
         ("rl.eps_low", "1.5", "rl.eps_low must be in"),

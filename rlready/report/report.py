@@ -152,19 +152,32 @@ def make_figures(study: Path, summary: dict[str, Any]) -> list[tuple[str, str]]:
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     eval_key = _first_key(study, groups, "rl", r"eval_avg@\d+")
-    panels = (
-        (
-            axes[0, 0],
-            eval_key or "accuracy",
-            "RL held-out " + (eval_key or "training accuracy").replace("eval_", ""),
-        ),
+    if eval_key:  # periodic held-out evaluation along RL
+        _plot_curves(axes[0, 0], study, groups, "rl", "step", eval_key, "RL held-out " + eval_key[5:])
+    else:  # held-out Avg@k of the starting model and after RL
+        names = list(groups)
+        for j, (key, label) in enumerate((("initial/avg@k", "before RL"), ("avg@k", "after RL"))):
+            stats = [_mean_std(_values(groups[n], "rl", key)) for n in names]
+            axes[0, 0].bar(
+                [i + (j - 0.5) * 0.4 for i in range(len(names))],
+                [st[0] for st in stats],
+                width=0.4,
+                yerr=[0 if math.isnan(st[1]) else st[1] for st in stats],
+                alpha=0.5 + 0.4 * j,
+                color=[PALETTE[i % len(PALETTE)] for i in range(len(names))],
+                hatch="//" if j == 0 else "",
+                label=label,
+            )
+        axes[0, 0].set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+        axes[0, 0].set_title("held-out Avg@k before (hatched) and after RL")
+        axes[0, 0].grid(alpha=0.3, axis="y")
+    for ax, key, title in (
         (axes[0, 1], "accuracy", "RL training accuracy (rollouts)"),
         (axes[1, 0], "entropy", "RL policy entropy"),
         (axes[1, 1], "response_len_mean", "RL response length (tokens)"),
-    )
-    for ax, key, title in panels:
-        _plot_curves(ax, study, groups, "rl", "step", key, title, smooth=1 if key.startswith("eval_") else 5)
-    axes[0, 0].legend(fontsize=8)
+    ):
+        _plot_curves(ax, study, groups, "rl", "step", key, title, smooth=5)
+    axes[0, 1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(fig_dir / "rl.png", dpi=110)
     plt.close(fig)
