@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_rollout [--quick]
 
-Both sample ``n`` completions for each of the same prompts (synthetic reasoning problems) from the same
+The RL sampler (``CachedSampler``), the ``hf`` backend and plain ``generate`` sample ``n`` completions for each of the same prompts (synthetic reasoning problems) from the same
 tiny model at temperature 1.0 with the same ``max_new_tokens``; variants interleaved, medians reported.
 Generated tokens count each completion up to and including its EOS.
 """
@@ -41,16 +41,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
-    from rlready.rl.rollout import HFRollout
+    from rlready.rl.rollout import CachedSampler, HFRollout
 
     model, tok, prompts = _setup()
     n, max_new = 8, 48
     prompts = prompts[: 8 if args.quick else 16]
     eos = tok.eos_token_id
-    sampler = HFRollout(model, tok, gen_batch=256)
+    cached, hf = CachedSampler(model, tok, gen_batch=256), HFRollout(model, tok, gen_batch=256)
 
     def ours() -> int:
-        groups = sampler.generate(prompts, n, max_new, 1.0)
+        groups = cached.generate(prompts, n, max_new, 1.0)
+        return sum(len(c.ids) for g in groups for c in g)
+
+    def hf_backend() -> int:
+        groups = hf.generate(prompts, n, max_new, 1.0)
         return sum(len(c.ids) for g in groups for c in g)
 
     @torch.no_grad()
@@ -75,11 +79,12 @@ def main(argv: list[str] | None = None) -> dict:
         return count
 
     reps = 3 if args.quick else 7
-    rates: dict[str, list[float]] = {"sampler": [], "model.generate": []}
-    for fn in (ours, plain):
+    variants = (("sampler", ours), ("hf backend", hf_backend), ("model.generate", plain))
+    rates: dict[str, list[float]] = {name: [] for name, _ in variants}
+    for _, fn in variants:
         fn()  # warm-up
     for _ in range(reps):
-        for name, fn in (("sampler", ours), ("model.generate", plain)):
+        for name, fn in variants:
             start = time.perf_counter()
             tokens = fn()
             rates[name].append(tokens / (time.perf_counter() - start))
@@ -88,9 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine(),
         "command": "python -m benchmarks.bench_rollout" + (" --quick" if args.quick else ""),
         "setting": f"tiny model, {len(prompts)} prompts x {n} samples, max_new_tokens {max_new}, temperature 1.0",
-        "sampler tokens/s": round(med["sampler"]),
-        "model.generate tokens/s": round(med["model.generate"]),
-        "ratio": round(med["sampler"] / med["model.generate"], 3),
+        "RL sampler (rl.backend cached) tokens/s": round(med["sampler"]),
+        "rl.backend hf (generate + bookkeeping) tokens/s": round(med["hf backend"]),
+        "plain model.generate tokens/s": round(med["model.generate"]),
+        "ratio sampler / model.generate": round(med["sampler"] / med["model.generate"], 3),
     }
     for k, v in result.items():
         if k != "machine":
