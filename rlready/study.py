@@ -26,7 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +149,7 @@ class Progress:
 
     def __init__(self, total: int, done: int) -> None:
         self.total, self.done, self.t0 = total, done, time.perf_counter()
+        self.parallel = 1
         self.durations: list[float] = []
         self.lock = threading.Lock()
 
@@ -171,53 +171,88 @@ class Progress:
 
 
 class Cores:
-    """Threads for a stage: the cores split over the configurations that can still run side by side, so
-    that the last configuration gets every core instead of leaving some idle, and the machine is never
-    oversubscribed (OpenMP threads that outnumber cores slow every process down several times)."""
+    """Threads for a stage: the cores split over the stages that can run side by side now, so the machine is
+    never oversubscribed (OpenMP threads that outnumber cores slow every process down several times) and a
+    stage that runs alone at the end gets every core."""
 
-    def __init__(self, total: int, parallel: int, jobs: int) -> None:
-        self.total, self.parallel, self.unfinished, self.lock = total, parallel, jobs, threading.Lock()
+    def __init__(self, total: int, parallel: int) -> None:
+        self.total, self.parallel = total, parallel
 
-    def threads(self) -> int:
-        with self.lock:
-            return max(1, self.total // max(1, min(self.parallel, self.unfinished)))
-
-    def job_done(self) -> None:
-        with self.lock:
-            self.unfinished -= 1
+    def threads(self, runnable: int) -> int:
+        return max(1, self.total // max(1, min(self.parallel, runnable)))
 
 
-def _run_job(
-    job: Job, preset: str, extra: list[str], cores: Cores, progress: Progress, parallel: int, debug: bool
+def _run_stage(
+    job: Job, stage: str, preset: str, extra: list[str], threads: int, progress: Progress, debug: bool
 ) -> None:
-    for stage in STAGE_ORDER:
-        out = job.stage_dir(stage)
-        finished = (out / "eval.json").is_file() and (out / "final" / "config.json").is_file()
-        if finished:
-            progress.finished(0.0, ran=False)
-            continue
-        progress.line(f"{job.label}: {stage} started ({progress.eta(parallel)})")
-        start = time.perf_counter()
-        log = job.root / f"{stage}.log"
-        job.root.mkdir(parents=True, exist_ok=True)
-        cmd = job.command(stage, preset, extra) + (["--debug"] if debug else [])
-        threads = cores.threads()
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        with log.open("a") as f:
-            rc = subprocess.run(
-                cmd, stdout=f, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
-            ).returncode
-        if rc != 0:
-            tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
-            raise RuntimeError(
-                f"{job.label}: {stage} failed (exit {rc}): {tail[0] if tail else ''} (log: {log})"
-            )
-        took = time.perf_counter() - start
-        progress.finished(took, ran=True)
-        progress.line(
-            f"{job.label}: {stage} done in {took:.0f}s with {threads} thread(s) ({progress.eta(parallel)})"
-        )
-    cores.job_done()
+    out = job.stage_dir(stage)
+    if (out / "eval.json").is_file() and (out / "final" / "config.json").is_file():
+        progress.finished(0.0, ran=False)  # finished by an earlier run of the study
+        return
+    progress.line(
+        f"{job.label}: {stage} started with {threads} thread(s) ({progress.eta(progress.parallel)})"
+    )
+    start = time.perf_counter()
+    log = job.root / f"{stage}.log"
+    job.root.mkdir(parents=True, exist_ok=True)
+    cmd = job.command(stage, preset, extra) + (["--debug"] if debug else [])
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    with log.open("a") as f:
+        rc = subprocess.run(
+            cmd, stdout=f, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+        ).returncode
+    if rc != 0:
+        tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
+        raise RuntimeError(f"{job.label}: {stage} failed (exit {rc}): {tail[0] if tail else ''} (log: {log})")
+    took = time.perf_counter() - start
+    progress.finished(took, ran=True)
+    progress.line(f"{job.label}: {stage} done in {took:.0f}s ({progress.eta(progress.parallel)})")
+
+
+def schedule(jobs: list[Job], parallel: int, run) -> None:
+    """Run every job's stages in order on ``parallel`` workers, earliest stage first across jobs (all
+    pre-trainings before any RL), so that the work stays balanced and the last stages finish together.
+    ``run(job, stage, runnable)`` runs one stage; the first error stops new stages and is raised."""
+    nxt = [0] * len(jobs)  # index of each job's next stage
+    busy = [False] * len(jobs)
+    errors: list[BaseException] = []
+    cond = threading.Condition()
+
+    def pick() -> int | None:
+        ready = [i for i in range(len(jobs)) if not busy[i] and nxt[i] < len(STAGE_ORDER)]
+        return min(ready, key=lambda i: (nxt[i], i)) if ready else None
+
+    def worker() -> None:
+        while True:
+            with cond:
+                while True:
+                    if errors or all(n == len(STAGE_ORDER) for n in nxt):
+                        return
+                    i = pick()
+                    if i is not None:
+                        busy[i] = True
+                        runnable = sum(1 for k in range(len(jobs)) if nxt[k] < len(STAGE_ORDER))
+                        break
+                    cond.wait()
+            try:
+                run(jobs[i], STAGE_ORDER[nxt[i]], runnable)
+            except BaseException as err:  # reported after the other workers stop
+                with cond:
+                    errors.append(err)
+                    cond.notify_all()
+                return
+            with cond:
+                nxt[i] += 1
+                busy[i] = False
+                cond.notify_all()
+
+    workers = [threading.Thread(target=worker, daemon=True) for _ in range(parallel)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if errors:
+        raise errors[0]
 
 
 def _check_study_file(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
@@ -284,14 +319,15 @@ def run_study(
         f"study of {len(configs)} configurations x {seeds} seeds on preset {preset!r}: {parallel} in parallel on {cores} cores"
     )
     t0 = time.perf_counter()
-    shared = Cores(cores, parallel, len(runs))
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = [
-            pool.submit(_run_job, job, preset, extra, shared, progress, parallel, debug) for job in runs
-        ]
-        errors = [f.exception() for f in futures if f.exception() is not None]
-    if errors:
-        raise errors[0]
+    split = Cores(cores, parallel)
+    progress.parallel = parallel
+    schedule(
+        runs,
+        parallel,
+        lambda job, stage, runnable: _run_stage(
+            job, stage, preset, extra, split.threads(runnable), progress, debug
+        ),
+    )
     from rlready.report.summary import collect
 
     summary = collect(out, runs)

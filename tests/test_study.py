@@ -170,3 +170,36 @@ def test_read_metrics_skips_a_torn_last_line(tmp_path: Path) -> None:
     f.write_text('{"step": 1}\n{"step": 2}\n{"ste')
     assert [r["step"] for r in read_metrics(f)] == [1, 2]
     assert read_metrics(tmp_path / "missing.jsonl") == []
+
+
+def test_schedule_runs_stages_in_order_breadth_first_and_stops_on_error(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from rlready.study import STAGE_ORDER, schedule
+
+    jobs = [Job(StudyConfig(f"c{i}"), 0, tmp_path / f"c{i}") for i in range(5)]
+    log: list[tuple[str, str]] = []
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def run(job, stage, runnable):  # noqa: ANN001
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            log.append((job.config.name, stage))
+        time.sleep(0.01)
+        with lock:
+            active[0] -= 1
+
+    schedule(jobs, 2, run)
+    assert len(log) == 15 and peak[0] == 2
+    for j in jobs:
+        assert [s for n, s in log if n == j.config.name] == list(STAGE_ORDER)
+    assert [s for _, s in log[:5]] == ["pretrain"] * 5  # every pre-training before any later stage
+
+    def failing(job, stage, runnable):  # noqa: ANN001
+        if stage == "midtrain":
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        schedule(jobs, 2, failing)
