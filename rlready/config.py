@@ -95,6 +95,7 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     max_steps: int = 300
+    tokens: int = 0  # token budget; when > 0 it sets max_steps = ceil(tokens / (batch_size * data.seq_len))
     batch_size: int = 16  # global batch, in sequences of data.seq_len tokens
     micro_batch: int = 16  # sequences per forward/backward on one process (gradient accumulation)
     lr: float = 3e-3
@@ -287,6 +288,12 @@ class RunConfig:
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
                 section.validate()
+        if self.train.tokens < 0:
+            raise ConfigError(f"train.tokens must be >= 0, got {self.train.tokens}")
+        if self.train.tokens:
+            self.train.max_steps = max(
+                1, math.ceil(self.train.tokens / (self.train.batch_size * self.data.seq_len))
+            )
         if self.train.batch_size % self.train.micro_batch and self.train.micro_batch < self.train.batch_size:
             raise ConfigError(
                 f"train.batch_size ({self.train.batch_size}) must be a multiple of train.micro_batch "

@@ -33,6 +33,7 @@ VALUES: dict[str, object] = {
     "loss.k": 7,
     "loss.chunk_size": 1024,
     "train.max_steps": 11,
+    "train.tokens": 5632,  # = 11 steps of 8 x 64 tokens, consistent with train.max_steps above
     "train.batch_size": 8,
     "train.micro_batch": 4,
     "train.lr": 1e-3,
@@ -270,3 +271,14 @@ def test_saved_config_round_trips():
     again = config.from_dict(json.loads(text))
     assert again == cfg
     assert config.dumps(again) == text
+
+
+def test_token_budget_sets_the_number_of_steps():
+    cfg = config.resolve(
+        "pretrain",
+        "tiny",
+        overrides=[("train.tokens", "100000"), ("train.batch_size", "16"), ("data.seq_len", "128")],
+    )
+    assert cfg.train.max_steps == 49  # ceil(100000 / (16 * 128))
+    with pytest.raises(config.ConfigError, match="train.tokens must be >= 0"):
+        config.resolve("pretrain", "tiny", overrides=[("train.tokens", "-5")])

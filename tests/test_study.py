@@ -203,3 +203,24 @@ def test_schedule_runs_stages_in_order_breadth_first_and_stops_on_error(tmp_path
 
     with pytest.raises(RuntimeError, match="boom"):
         schedule(jobs, 2, failing)
+
+
+def test_finished_stages_are_skipped_without_a_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rlready import study
+
+    job = Job(StudyConfig("CE"), 0, tmp_path / "CE-s0")
+    (job.stage_dir("pretrain") / "final").mkdir(parents=True)
+    (job.stage_dir("pretrain") / "final" / "config.json").write_text("{}")
+    (job.stage_dir("pretrain") / "eval.json").write_text("{}")
+
+    def no_process(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError("a finished stage must not start a process")
+
+    monkeypatch.setattr(study.subprocess, "run", no_process)
+    progress = study.Progress(total=3, done=0)
+    study._run_stage(job, "pretrain", "tiny", [], 1, progress, False)
+    assert progress.done == 1
+    with pytest.raises(AssertionError, match="must not start"):
+        study._run_stage(job, "midtrain", "tiny", [], 1, progress, False)
