@@ -109,7 +109,7 @@ def make_figures(study: Path, summary: dict[str, Any]) -> list[tuple[str, str]]:
     fig_dir.mkdir(exist_ok=True)
     made: list[tuple[str, str]] = []
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     _plot_curves(
         axes[0], study, groups, "pretrain", "tokens", "ppl", "pre-training perplexity (train batches)"
     )
@@ -118,10 +118,29 @@ def make_figures(study: Path, summary: dict[str, Any]) -> list[tuple[str, str]]:
         axes[1], study, groups, "pretrain", "tokens", "entropy", "pre-training mean token entropy (nats)"
     )
     axes[1].legend(fontsize=8)
+    # The end point on held-out text, where differences between configurations are visible.
+    names = list(groups)
+    stats = [_mean_std(_values(groups[n], "pretrain", "entropy")) for n in names]
+    heights = [st[0] for st in stats]
+    axes[2].bar(
+        range(len(names)),
+        heights,
+        yerr=[0 if math.isnan(st[1]) else st[1] for st in stats],
+        color=[PALETTE[i % len(PALETTE)] for i in range(len(names))],
+    )
+    finite = [h for h in heights if math.isfinite(h)]
+    if finite:
+        pad = max(0.02, (max(finite) - min(finite)) * 0.6)
+        axes[2].set_ylim(min(finite) - pad, max(finite) + pad)
+    axes[2].set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    axes[2].set_title("held-out entropy after pre-training")
+    axes[2].grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(fig_dir / "pretrain.png", dpi=110)
     plt.close(fig)
-    made.append(("pretrain.png", "Pre-training: perplexity and entropy vs tokens"))
+    made.append(
+        ("pretrain.png", "Pre-training: perplexity and entropy vs tokens, held-out entropy at the end")
+    )
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     names = list(groups)
