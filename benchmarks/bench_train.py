@@ -88,10 +88,11 @@ def hf_trainer_tokens_per_s(tmp: Path, steps: int) -> float:
     from rlready.data.loader import PackedBatches
     from rlready.models import build_config, build_model
     from rlready.train import dist
-    from rlready.train.lm import load_data
+    from rlready.train.lm import check_inputs, load_data
 
     cfg = resolve("pretrain", "tiny")
-    data = load_data(cfg, tmp / "warm", dist.Dist(0, 1, 0, torch.device("cpu")))
+    cpu = torch.device("cpu")
+    data = load_data(cfg, tmp / "warm", dist.Dist(0, 1, 0, cpu), check_inputs(cfg, cpu))
     loader = PackedBatches(data.train, cfg.data.seq_len, cfg.train.batch_size, seed=0)
     rows = torch.cat([next(loader) for _ in range(steps + 2)])
 
@@ -138,7 +139,7 @@ def cli_latency(env: dict[str, str], reps: int) -> dict:
         "rlready --help": ["--help"],
         "argument error (--loss.k 0)": ["pretrain", "--out", "/nonexistent/x", "--loss.k", "0"],
     }
-    exe = shutil.which("rlready") or "rlready"
+    exe = str(Path(sys.executable).with_name("rlready"))  # the console script of this environment
     out = {}
     for name, args in cases.items():
         ts = []
@@ -211,7 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
             }
         except ImportError as err:
             result["vs_hf_trainer"] = {"skipped": f"{err} (pip install accelerate)"}
+        write_json("train", result)  # keep what is measured so far
         result["cli_latency_s"] = cli_latency(env, 5)
+        write_json("train", result)
         result["scaling"] = scaling(tmp, env, steps)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
