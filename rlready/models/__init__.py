@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from rlready._lazy import lazy_exports
 
-# Exports resolve on first use: `import rlready.<pkg>` must not import torch or transformers, so that the
-# CLI answers --help and argument errors at once.
+# Exports resolve on first use (rlready/_lazy.py): importing the package does not import torch.
 _EXPORTS = {
     "HeadInputs": "rlready.models.heads",
     "final_hidden_and_head": "rlready.models.heads",
@@ -25,16 +23,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(_EXPORTS[name])
-    value = module if _EXPORTS[name].endswith("." + name) else getattr(module, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -66,81 +66,7 @@ class HFRollout:
 
     def __init__(self, model: Any, tokenizer: Any, *, gen_batch: int = 256) -> None:
         if gen_batch < 1:
-            raise ValueError(f"HFRollout: gen_batch must be >= 1, got {gen_batch}")
-        self.model, self.tokenizer = model, tokenizer
-        self.gen_batch = gen_batch
-
-    def sync_weights(self, model: Any) -> None:
-        self.model = model
-
-    @torch.no_grad()
-    def generate(
-        self, prompts: Sequence[str], n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0
-    ) -> list[list[Completion]]:
-        if n < 1 or max_new_tokens < 1:
-            raise ValueError(f"generate: n and max_new_tokens must be >= 1, got {n}, {max_new_tokens}")
-        tok, model = self.tokenizer, self.model
-        eos = tok.eos_token_id
-        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        tok.padding_side = "left"
-        out: list[list[Completion]] = []
-        per_call = max(1, self.gen_batch // n)
-        for start in range(0, len(prompts), per_call):
-            chunk = list(prompts[start : start + per_call])
-            enc = tok(chunk, return_tensors="pt", padding=True).to(device)
-            gen = model.generate(
-                **enc,
-                do_sample=True,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=0,
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=n,
-                pad_token_id=pad,
-                eos_token_id=eos,
-            )
-            new = gen[:, enc["input_ids"].shape[1] :].tolist()
-            for i, prompt_row in enumerate(enc["input_ids"].tolist()):
-                mask = enc["attention_mask"][i].tolist()
-                prompt_ids = [t for t, m in zip(prompt_row, mask, strict=True) if m]
-                group = []
-                for row in new[i * n : (i + 1) * n]:
-                    ids, truncated = _cut(row, eos)
-                    text = tok.decode(ids, skip_special_tokens=True)
-                    group.append(Completion(prompt_ids, ids, text, truncated))
-                out.append(group)
-        model.train(was_training)
-        return out
-
-
-def _filter_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Nucleus filtering: keep the smallest set of tokens whose mass reaches ``top_p`` (renormalised)."""
-    sorted_p, order = probs.sort(dim=-1, descending=True)
-    keep = sorted_p.cumsum(-1) - sorted_p < top_p  # mass before a token below top_p: it is in the nucleus
-    sorted_p = sorted_p * keep
-    return torch.zeros_like(probs).scatter_(-1, order, sorted_p / sorted_p.sum(-1, keepdim=True))
-
-
-class CachedSampler:
-    """A lean sampling loop on the model's KV cache, measured faster than ``generate`` on small models
-    (``benchmarks/bench_rollout.py``), where per-step overhead dominates:
-
-    - each prompt is prefilled once and its cache repeated for the ``n`` samples of its group (``generate``
-      with ``num_return_sequences`` prefills every copy);
-    - finished sequences leave the batch (``Cache.batch_select_indices``) instead of decoding padding until the
-      longest one ends;
-    - no logits processors or stopping criteria besides temperature, top-p and EOS.
-
-    Sampling is the same distribution as ``generate(do_sample=True, temperature, top_p, top_k=0)``;
-    ``temperature=0`` is greedy and then matches ``generate(do_sample=False)`` token for token (tested).
-    """
-
-    def __init__(self, model: Any, tokenizer: Any, *, gen_batch: int = 256) -> None:
-        if gen_batch < 1:
-            raise ValueError(f"CachedSampler: gen_batch must be >= 1, got {gen_batch}")
+            raise ValueError(f"{type(self).__name__}: gen_batch must be >= 1, got {gen_batch}")
         self.model, self.tokenizer, self.gen_batch = model, tokenizer, gen_batch
 
     def sync_weights(self, model: Any) -> None:
@@ -155,11 +81,12 @@ class CachedSampler:
         tok, model = self.tokenizer, self.model
         was_training = model.training
         model.eval()
+        device = next(model.parameters()).device
         tok.padding_side = "left"
         out: list[list[Completion]] = []
         per_call = max(1, self.gen_batch // n)
         for start in range(0, len(prompts), per_call):
-            enc = tok(list(prompts[start : start + per_call]), return_tensors="pt", padding=True)
+            enc = tok(list(prompts[start : start + per_call]), return_tensors="pt", padding=True).to(device)
             rows = self._sample(
                 enc["input_ids"], enc["attention_mask"], n, max_new_tokens, temperature, top_p
             )
@@ -176,10 +103,50 @@ class CachedSampler:
         return out
 
     def _sample(self, ids, attn, n, max_new_tokens, temperature, top_p) -> list[tuple[list[int], bool]]:
-        model = self.model
-        device = next(model.parameters()).device
+        """``n`` rows per prompt of ``(completion ids up to and including EOS, truncated)``."""
         eos = self.tokenizer.eos_token_id
-        ids, attn = ids.to(device), attn.to(device)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        gen = self.model.generate(
+            input_ids=ids,
+            attention_mask=attn,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=n,
+            pad_token_id=pad,
+            eos_token_id=eos,
+        )
+        return [_cut(row, eos) for row in gen[:, ids.shape[1] :].tolist()]
+
+
+def _filter_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering: keep the smallest set of tokens whose mass reaches ``top_p`` (renormalised)."""
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    keep = sorted_p.cumsum(-1) - sorted_p < top_p  # mass before a token below top_p: it is in the nucleus
+    sorted_p = sorted_p * keep
+    return torch.zeros_like(probs).scatter_(-1, order, sorted_p / sorted_p.sum(-1, keepdim=True))
+
+
+class CachedSampler(HFRollout):
+    """A lean sampling loop on the model's KV cache, measured faster than ``generate`` on small models
+    (``benchmarks/bench_rollout.py``), where per-step overhead dominates:
+
+    - each prompt is prefilled once and its cache repeated for the ``n`` samples of its group (``generate``
+      with ``num_return_sequences`` prefills every copy);
+    - finished sequences leave the batch (``Cache.batch_select_indices``) instead of decoding padding until the
+      longest one ends;
+    - no logits processors or stopping criteria besides temperature, top-p and EOS.
+
+    Sampling is the same distribution as ``generate(do_sample=True, temperature, top_p, top_k=0)``;
+    ``temperature=0`` is greedy and then matches ``generate(do_sample=False)`` token for token (tested).
+    """
+
+    def _sample(self, ids, attn, n, max_new_tokens, temperature, top_p) -> list[tuple[list[int], bool]]:
+        model = self.model
+        device = ids.device
+        eos = self.tokenizer.eos_token_id
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
         # transformers 5 names the cache argument ``cache``; 4.x ``past_key_values``.
