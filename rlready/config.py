@@ -111,7 +111,7 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0  # held-out perplexity/entropy every N steps (0: only at the end)
     autocast: str = "auto"  # auto: bf16 where the device supports it (CUDA), else off
-    fsdp: bool = False  # FSDP2 fully_shard instead of DDP; experimental: does not yet match DDP numerically
+    fsdp: bool = False  # FSDP2 fully_shard instead of DDP (models that do not fit one device)
     max_bad_steps: int = 3  # consecutive non-finite steps before the run stops
 
     def validate(self) -> None:

@@ -1,5 +1,6 @@
-"""Two CPU processes under ``torchrun`` (gloo, DDP) train the same model as one process with the same global
-batch: the loss is the global token mean in both, so the final weights agree to float rounding."""
+"""Two CPU processes under ``torchrun`` (gloo; DDP, or FSDP2 ``fully_shard``) train the same model as one
+process with the same global batch: the loss is the global token mean in all, so the final weights agree to
+float rounding."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ ARGS = [
 ]  # fmt: skip
 
 
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("parallel", [[], ["--train.fsdp", "true"]], ids=["ddp", "fsdp"])
+def test_two_processes_match_one(tmp_path, parallel):
     from safetensors.torch import load_file
 
     from rlready.data import tokenizer, world
@@ -43,7 +45,7 @@ def test_two_processes_match_one(tmp_path):
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
         [torchrun, "--standalone", "--nproc_per_node", "2", "--no-python", rlready, "pretrain",
-         "--out", str(tmp_path / "two"), *args],
+         "--out", str(tmp_path / "two"), *args, *parallel],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]

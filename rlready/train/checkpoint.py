@@ -171,7 +171,10 @@ def restore(ckpt: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Opt
             f"checkpoint {ckpt.path.name} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     if optimizer is not None:
-        optimizer.load_state_dict(
-            torch.load(ckpt.path / "optimizer.pt", weights_only=True, map_location="cpu")
-        )
+        restore_optimizer(ckpt, optimizer)
     set_rng_state(ckpt.state["rng"], load_file(ckpt.path / "rng.safetensors"))
+
+
+def restore_optimizer(ckpt: Checkpoint, optimizer: torch.optim.Optimizer) -> None:
+    """The optimizer state of ``ckpt`` (``torch.load(weights_only=True)``: no arbitrary unpickling)."""
+    optimizer.load_state_dict(torch.load(ckpt.path / "optimizer.pt", weights_only=True, map_location="cpu"))

@@ -59,8 +59,10 @@ def wrap(module: nn.Module, d: Dist, *, fsdp: bool) -> nn.Module:
     if fsdp:
         from torch.distributed.fsdp import fully_shard
 
-        layers = getattr(getattr(module, "model", module), "layers", None)
-        for layer in layers if layers is not None else []:
+        # The decoder layers of the wrapped causal LM (``ShapedLMLoss.model.get_decoder().layers``).
+        inner = getattr(module, "model", module)
+        decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else inner
+        for layer in getattr(decoder, "layers", None) or []:
             fully_shard(layer)
         fully_shard(module)
         return module

@@ -312,7 +312,6 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
     loader = PackedBatches(
         data.train, cfg.data.seq_len, per_rank, rank=d.rank, world_size=world_size, seed=cfg.seed
     )
-    optimizer = make_optimizer(model, cfg)
     # Warnings go to stderr with the other diagnostics; stdout carries only the result line.
     warn = (
         (lambda msg: print(f"rlready: warning: {msg}", file=sys.stderr, flush=True))
@@ -322,10 +321,14 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
     start_step, tokens_seen = 0, 0
     ckpt = checkpoint.load_latest(out / "checkpoints", warn)
     if ckpt is not None:
-        checkpoint.restore(ckpt, model, optimizer)
+        checkpoint.restore(ckpt, model, None)  # weights and RNG states; the optimizer once it exists
         loader.load_state_dict(ckpt.state["loader"])
         start_step, tokens_seen = ckpt.step, int(ckpt.state["tokens"])
     wrapped = dist.wrap(ShapedLMLoss(model), d, fsdp=tc.fsdp)
+    # After wrapping: FSDP2 replaces the parameters with sharded ones, which the optimizer must hold.
+    optimizer = make_optimizer(model, cfg)
+    if ckpt is not None:
+        checkpoint.restore_optimizer(ckpt, optimizer)
     knobs = {name: parse_schedule(getattr(cfg.loss, name)) for name in ("beta", "lam_head", "lam_tail")}
     use_bf16 = tc.autocast == "bf16" or (tc.autocast == "auto" and d.device.type == "cuda")
     autocast = (
