@@ -320,6 +320,12 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
     )
     start_step, tokens_seen = 0, 0
     ckpt = checkpoint.load_latest(out / "checkpoints", warn)
+    if ckpt is not None and tc.fsdp and d.enabled:
+        # Checkpoints hold rank 0's optimizer state; FSDP2 shards it across ranks (a full-state save through
+        # torch.distributed.checkpoint is what resuming would need). Refuse rather than resume wrongly.
+        raise TrainingError(
+            f"resuming an FSDP run is not supported yet ({ckpt.path.name} exists); rerun with --overwrite"
+        )
     if ckpt is not None:
         checkpoint.restore(ckpt, model, None)  # weights and RNG states; the optimizer once it exists
         loader.load_state_dict(ckpt.state["loader"])
