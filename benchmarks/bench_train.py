@@ -35,6 +35,19 @@ SMALL_EVAL = [
 ]
 
 
+def _pretrain_args(steps: int) -> list[str]:
+    return [
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--train.max_steps",
+        str(steps),
+        "--log.progress",
+        "lines",
+        *SMALL_EVAL,
+    ]
+
+
 def _rlready(args: list[str], env: dict[str, str], launcher: list[str] | None = None) -> float:
     start = time.perf_counter()
     cmd = (launcher or [sys.executable, "-m", "rlready.cli"]) + args
@@ -49,16 +62,7 @@ def _steady_tokens_per_s(run: Path) -> float:
 
 
 def shaped_vs_ce(tmp: Path, env: dict[str, str], steps: int, reps: int) -> dict:
-    base = [
-        "pretrain",
-        "--preset",
-        "tiny",
-        "--train.max_steps",
-        str(steps),
-        "--log.progress",
-        "lines",
-        *SMALL_EVAL,
-    ]
+    base = _pretrain_args(steps)
     _rlready([*base, "--out", str(tmp / "warm")], env)  # tokenizer + token cache, imports warm
     times: dict[str, list[float]] = {"CE": [], "shaped": []}
     rates: dict[str, list[float]] = {"CE": [], "shaped": []}
@@ -152,16 +156,7 @@ def cli_latency(env: dict[str, str], reps: int) -> dict:
 
 
 def scaling(tmp: Path, env: dict[str, str], steps: int) -> dict:
-    base = [
-        "pretrain",
-        "--preset",
-        "tiny",
-        "--train.max_steps",
-        str(steps),
-        "--log.progress",
-        "lines",
-        *SMALL_EVAL,
-    ]
+    base = _pretrain_args(steps)
     one = tmp / "np1"
     _rlready([*base, "--out", str(one)], env)
     two = tmp / "np2"

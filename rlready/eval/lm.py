@@ -148,10 +148,13 @@ def reasoning_eval(
         answers = [extract_hash_answer(o) for o in outs]
         correct = [hash_answer_reward(o, p.answer) == 1.0 for o in outs]
         per_problem.append((answers, correct))
-    acc = sum(hash_answer_reward(g[0], p.answer) for p, g in zip(problems, greedy, strict=True)) / len(
-        problems
-    )
-    return {"reasoning": acc, **summarize(per_problem, sorted({1, k, n}))}
+    return {"reasoning": _greedy_accuracy(problems, greedy), **summarize(per_problem, sorted({1, k, n}))}
+
+
+def _greedy_accuracy(problems: Sequence[Any], greedy: list[list[str]]) -> float:
+    """Fraction of problems whose greedy completion ends in the right ``#### n``."""
+    hits = sum(hash_answer_reward(g[0], p.answer) for p, g in zip(problems, greedy, strict=True))
+    return hits / max(1, len(problems))
 
 
 def periodic_eval(model: Any, data: Any, cfg: Any) -> dict[str, float]:
@@ -173,7 +176,5 @@ def periodic_eval(model: Any, data: Any, cfg: Any) -> dict[str, float]:
             max_new_tokens=cfg.eval.max_new_tokens,
             do_sample=False,
         )
-        out["reasoning"] = sum(
-            hash_answer_reward(g[0], p.answer) for p, g in zip(problems, greedy, strict=True)
-        ) / max(1, len(problems))
+        out["reasoning"] = _greedy_accuracy(problems, greedy)
     return out

@@ -194,31 +194,17 @@ class ShapedLMLoss(nn.Module):
         from rlready.models.heads import final_hidden_and_head
 
         h = final_hidden_and_head(self.model, batch[:, :-1])
-        loss, stats = (
-            fused_linear_shaped_cross_entropy(
-                h.hidden,
-                h.weight,
-                batch[:, 1:],
-                bias=h.bias,
-                weighting=weighting,
-                reduction="sum",
-                return_stats=True,
-                chunk_size=chunk_size,
-            )
-            if need_stats
-            else (
-                fused_linear_shaped_cross_entropy(
-                    h.hidden,
-                    h.weight,
-                    batch[:, 1:],
-                    bias=h.bias,
-                    weighting=weighting,
-                    reduction="sum",
-                    chunk_size=chunk_size,
-                ),
-                None,
-            )
+        out = fused_linear_shaped_cross_entropy(
+            h.hidden,
+            h.weight,
+            batch[:, 1:],
+            bias=h.bias,
+            weighting=weighting,
+            reduction="sum",
+            return_stats=need_stats,
+            chunk_size=chunk_size,
         )
+        loss, stats = out if need_stats else (out, None)
         if h.aux_loss is not None:  # MoE load balancing: a per-token mean, scaled like the summed loss
             loss = loss + h.aux_loss * batch[:, 1:].numel()
         return loss, stats
