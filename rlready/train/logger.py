@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +46,26 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out / "tensorboard"))
+            # A resumed run trains the steps after its checkpoint again: hide what an earlier attempt logged
+            # for them (as metrics.jsonl drops them), so that TensorBoard shows each step once.
+            self.tb = SummaryWriter(
+                str(out / "tensorboard"), purge_step=start_step + 1 if start_step else None
+            )
         if wandb:
             import wandb as wandb_mod
 
-            os.environ.setdefault("WANDB_MODE", "offline")
+            # One wandb run id per run directory, so that a resumed run continues the same wandb run.
+            id_file = out / "wandb_run_id"
+            if not id_file.is_file():
+                id_file.write_text(uuid.uuid4().hex[:12] + "\n")
             self.wb = wandb_mod.init(
-                project="rlready", name=run_name, dir=str(out), config=config, resume="allow"
+                project=os.environ.get("WANDB_PROJECT") or "rlready",
+                name=run_name,
+                id=id_file.read_text().strip(),
+                dir=os.environ.get("WANDB_DIR") or str(out),
+                mode=os.environ.get("WANDB_MODE") or "offline",
+                config=config,
+                resume="allow",
             )
 
     def log(self, step: int, record: dict[str, Any]) -> None:
@@ -64,6 +78,7 @@ class RunLogger:
         if self.tb is not None:
             for k, v in scalars.items():
                 self.tb.add_scalar(k, v, step)
+            self.tb.flush()  # like metrics.jsonl: a killed run keeps every step it logged
         if self.wb is not None:
             self.wb.log(scalars, step=step)
         done = step - self.start_step
