@@ -1,13 +1,16 @@
 """Two CPU processes under ``torchrun`` (gloo; DDP, or FSDP2 ``fully_shard``) train the same model as one
 process with the same global batch: the loss is the global token mean in all, so the final weights agree to
-float rounding."""
+float rounding. An FSDP run stopped by SIGTERM and started again ends where the uninterrupted one does."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +60,81 @@ def test_two_processes_match_one(tmp_path, parallel):
     # Both processes saw the global batch: the logged token counts agree.
     assert (tmp_path / "one" / "metrics.jsonl").read_text().count('"tokens": 1920') == 1
     assert (tmp_path / "two" / "metrics.jsonl").read_text().count('"tokens": 1920') == 1
+
+
+def test_fsdp_run_resumed_after_sigterm_is_bit_identical(tmp_path):
+    """SIGTERM to torchrun stops both FSDP processes after a step; the checkpoint they write together holds
+    the whole model and optimizer (in the format of a one-process run); the same command resumes it and ends
+    with the uninterrupted run's weights and metrics, bit for bit (same processes, same reduction order)."""
+    from safetensors.torch import load_file
+
+    from rlready import config
+    from rlready.data import tokenizer, world
+    from rlready.train import checkpoint, lm
+
+    w = world.World(world.WorldConfig(seed=0))
+    tok = tokenizer.train_tokenizer(w.documents("pretrain", n_chars=60000), 512)
+    tokenizer.save_tokenizer(tok, tmp_path / "tok")
+    env = {**os.environ, "RLREADY_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    changed = {"--train.max_steps": "12", "--train.checkpoint_every": "4", "--train.log_every": "1"}
+    args = [changed.get(ARGS[i - 1], a) if i else a for i, a in enumerate(ARGS)]
+    args += ["--data.tokenizer", str(tmp_path / "tok"), "--train.fsdp", "true"]
+    rlready = shutil.which("rlready", path=str(Path(sys.executable).parent))
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert rlready and torchrun
+
+    def command(out: Path) -> list[str]:
+        return [torchrun, "--standalone", "--nproc_per_node", "2", "--no-python", rlready, "pretrain",
+                "--out", str(out), *args]  # fmt: skip
+
+    ref = subprocess.run(command(tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    out = tmp_path / "resumed"
+    first = subprocess.Popen(command(out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while first.poll() is None and time.monotonic() < deadline:
+        logged = (out / "metrics.jsonl").read_text().count("\n") if (out / "metrics.jsonl").is_file() else 0
+        if logged >= 6:  # past the checkpoint of step 4
+            first.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.005)
+    _, err = first.communicate(timeout=600)
+    assert first.returncode != 0, f"the first attempt was not interrupted: {err[-3000:]}"
+    stopped = [line for line in err.splitlines() if "rlready: interrupted at step" in line]
+    assert stopped, err[-3000:]
+    step = int(stopped[0].split("interrupted at step ")[1].split(";")[0])
+    assert 6 <= step < 12, stopped
+
+    # The checkpoint is that of a one-process run: whole weights and a numbered optimizer state that load
+    # into an unsharded model and optimizer.
+    ckpt = checkpoint.load_latest(out / "checkpoints", print)
+    assert ckpt is not None and ckpt.step == step
+    cfg = config.resolve(
+        "pretrain", "tiny", overrides=[(a[2:], b) for a, b in zip(args[::2], args[1::2], strict=True)]
+    )
+    model = lm.load_or_build_model(cfg, tok, torch.device("cpu"))
+    optimizer = lm.make_optimizer(model, cfg)
+    checkpoint.restore(ckpt, model, optimizer)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(optimizer.state_dict()["state"]) == list(range(len(params)))
+    for p in params:
+        st = optimizer.state[p]
+        assert st["exp_avg"].shape == st["exp_avg_sq"].shape == p.shape
+        assert int(st["step"]) == step and st["exp_avg_sq"].abs().sum() > 0
+
+    second = subprocess.run(command(out), env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming from step_{step:08d}" in second.stderr
+    a = load_file(tmp_path / "ref" / "final" / "model.safetensors")
+    b = load_file(out / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+    def metrics(run: Path) -> list[dict]:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
+
+    assert metrics(out) == metrics(tmp_path / "ref")
+    assert [r["step"] for r in metrics(out)] == list(range(1, 13))

@@ -177,4 +177,9 @@ def restore(ckpt: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Opt
 
 def restore_optimizer(ckpt: Checkpoint, optimizer: torch.optim.Optimizer) -> None:
     """The optimizer state of ``ckpt`` (``torch.load(weights_only=True)``: no arbitrary unpickling)."""
-    optimizer.load_state_dict(torch.load(ckpt.path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    optimizer.load_state_dict(read_optimizer_state(ckpt))
+
+
+def read_optimizer_state(ckpt: Checkpoint) -> dict[str, Any]:
+    """The ``optimizer.state_dict()`` saved in ``ckpt``, on CPU, read with ``torch.load(weights_only=True)``."""
+    return torch.load(ckpt.path / "optimizer.pt", weights_only=True, map_location="cpu")

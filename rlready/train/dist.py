@@ -7,7 +7,9 @@ Parallelism lives here, not in the model or the stages: a stage builds a plain `
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as tdist
@@ -69,6 +71,85 @@ def wrap(module: nn.Module, d: Dist, *, fsdp: bool) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(module, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+
+
+def full_model_state(model: nn.Module, d: Dist, *, fsdp: bool) -> dict[str, torch.Tensor]:
+    """The whole ``model.state_dict()``, as an unsharded model gives it.
+
+    Under FSDP every rank must call it (the shards are gathered); rank 0 gets the tensors on CPU, the other
+    ranks an empty dict.
+    """
+    if not (fsdp and d.enabled):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, d: Dist, *, fsdp: bool) -> dict:
+    """The whole optimizer state in ``optimizer.state_dict()``'s format (parameters numbered in the order
+    of ``param_groups``), so that a checkpoint is the same with and without FSDP.
+
+    Collective under FSDP, like ``full_model_state``: rank 0 gets the gathered state on CPU, the other ranks
+    an empty dict.
+    """
+    # No state yet (every step so far was skipped): nothing is sharded, and the library would create the
+    # state with a zero-learning-rate step, which counts as an Adam step.
+    if not (fsdp and d.enabled) or not optimizer.state:
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    full = get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    if not d.is_main:
+        return {}
+    index = {name: i for i, name in enumerate(_param_names(model, optimizer))}
+    return {  # keyed by parameter name -> by number
+        "state": {index[name]: v for name, v in full["state"].items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in full["param_groups"]],
+    }
+
+
+def load_optimizer_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    read: Callable[[], dict[str, Any]],
+    d: Dist,
+    *,
+    fsdp: bool,
+) -> None:
+    """Load a state of ``full_optimizer_state``'s format, which ``read()`` returns.
+
+    Under FSDP (collective) only rank 0 reads it; the library broadcasts each tensor and every rank keeps
+    its shard.
+    """
+    if not (fsdp and d.enabled):
+        optimizer.load_state_dict(read())
+        return
+    state = read() if d.is_main else {}
+    if not broadcast_flag(bool(state.get("state")), d):  # no state yet: only the param groups
+        optimizer.load_state_dict(state if d.is_main else read())
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    full: dict[str, Any] = {}
+    if d.is_main:  # keyed by number -> by parameter name, as the library expects
+        names = _param_names(model, optimizer)
+        full = {
+            "state": {names[i]: v for i, v in state["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]],
+        }
+    set_optimizer_state_dict(
+        model, optimizer, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    )
+
+
+def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The names of the optimizer's parameters in the order ``optimizer.state_dict()`` numbers them (a tied
+    parameter under its first name, as ``torch.distributed.checkpoint.state_dict`` names it)."""
+    names = {p: n for n, p in model.named_parameters()}
+    return [names[p] for g in optimizer.param_groups for p in g["params"]]
 
 
 def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:

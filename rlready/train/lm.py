@@ -244,14 +244,6 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-def _model_state(model: nn.Module, cfg: RunConfig) -> dict[str, torch.Tensor]:
-    if cfg.train.fsdp and torch.distributed.is_initialized():
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return model.state_dict()
-
-
 def run(cfg: RunConfig, out: Path, *, overwrite: bool = False) -> dict[str, Any]:
     """Train (or resume, or skip when finished) one pre-/mid-training run in ``out``; returns eval.json."""
     from transformers.utils import logging as hf_logging
@@ -306,21 +298,18 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
     )
     start_step, tokens_seen = 0, 0
     ckpt = checkpoint.load_latest(out / "checkpoints", warn)
-    if ckpt is not None and tc.fsdp and d.enabled:
-        # Checkpoints hold rank 0's optimizer state; FSDP2 shards it across ranks (a full-state save through
-        # torch.distributed.checkpoint is what resuming would need). Refuse rather than resume wrongly.
-        raise TrainingError(
-            f"resuming an FSDP run is not supported yet ({ckpt.path.name} exists); rerun with --overwrite"
-        )
     if ckpt is not None:
-        checkpoint.restore(ckpt, model, None)  # weights and RNG states; the optimizer once it exists
+        # Weights (whole, on every rank, before FSDP shards them) and RNG states; the optimizer once it exists.
+        checkpoint.restore(ckpt, model, None)
         loader.load_state_dict(ckpt.state["loader"])
         start_step, tokens_seen = ckpt.step, int(ckpt.state["tokens"])
     wrapped = dist.wrap(ShapedLMLoss(model), d, fsdp=tc.fsdp)
     # After wrapping: FSDP2 replaces the parameters with sharded ones, which the optimizer must hold.
     optimizer = make_optimizer(model, cfg)
     if ckpt is not None:
-        checkpoint.restore_optimizer(ckpt, optimizer)
+        dist.load_optimizer_state(
+            model, optimizer, lambda: checkpoint.read_optimizer_state(ckpt), d, fsdp=tc.fsdp
+        )
     knobs = {name: parse_schedule(getattr(cfg.loss, name)) for name in ("beta", "lam_head", "lam_tail")}
     use_bf16 = tc.autocast == "bf16" or (tc.autocast == "auto" and d.device.type == "cuda")
     autocast = (
@@ -345,7 +334,9 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
     t_last, tok_last = time.perf_counter(), tokens_seen
 
     def save(step: int) -> None:
-        state = _model_state(model, cfg)
+        # Whole model and optimizer state on rank 0 (under FSDP every rank takes part in gathering them).
+        state = dist.full_model_state(model, d, fsdp=tc.fsdp)
+        optimizer_state = dist.full_optimizer_state(model, optimizer, d, fsdp=tc.fsdp)
         # A finite loss and gradient can still give non-finite weights (e.g. an overflowing update); such a
         # checkpoint would replace a good one through pruning, so it is never written.
         weights_ok = all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
@@ -359,7 +350,7 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
                 out / "checkpoints",
                 step,
                 model_state=state,
-                optimizer_state=optimizer.state_dict(),
+                optimizer_state=optimizer_state,
                 state={"tokens": tokens_seen, "loader": loader.state_dict()},
                 keep=tc.keep_checkpoints,
             )
@@ -475,7 +466,7 @@ def _finish(
     from rlready.eval.lm import heldout_stats, knowledge_accuracy, reasoning_eval
     from rlready.models import save_model
 
-    state = _model_state(model, cfg)
+    state = dist.full_model_state(model, d, fsdp=cfg.train.fsdp)
     if not d.is_main:
         return {}
     if cfg.train.fsdp and d.enabled:
