@@ -7,10 +7,11 @@ bootstrap resampling, so two runs over the same samples give the same numbers.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Sequence
 
-__all__ = ["avg_at_k", "cons_at_k", "majority_index", "pass_at_k", "summarize"]
+__all__ = ["avg_at_k", "cons_at_k", "majority_index", "paired_gain", "pass_at_k", "summarize"]
 
 Equal = Callable[[str, str], bool]
 
@@ -124,3 +125,24 @@ def summarize(
         out[f"cons@{k}"] = cons / m
         out[f"pass@{k}"] = pas / m
     return out
+
+
+def paired_gain(before: Sequence[float], after: Sequence[float]) -> tuple[float, float]:
+    """Mean per-problem change ``after - before`` and its standard error, over the same problems.
+
+    An RL gain in Avg@k is measured on one fixed set of held-out problems before and after training, so
+    the per-problem differences are paired: their spread, not the spread of each accuracy, says whether
+    the gain is larger than the sampling noise (``gain > 2 * se`` is the usual reading). ``se`` is
+    ``std(diff, ddof=1) / sqrt(n)`` and ``nan`` for a single problem.
+    """
+    if len(before) != len(after):
+        raise ValueError(f"paired_gain: {len(before)} values before but {len(after)} after")
+    if not before:
+        raise ValueError("paired_gain: no problems")
+    diff = [float(a) - float(b) for b, a in zip(before, after, strict=True)]
+    n = len(diff)
+    mean = sum(diff) / n
+    if n < 2:
+        return mean, float("nan")
+    var = sum((d - mean) ** 2 for d in diff) / (n - 1)
+    return mean, math.sqrt(var / n)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rlready.metrics import avg_at_k, cons_at_k, majority_index, pass_at_k, summarize
+from rlready.metrics import avg_at_k, cons_at_k, majority_index, paired_gain, pass_at_k, summarize
 
 
 def comb_reference(n: int, c: int, k: int) -> float:
@@ -129,3 +129,29 @@ def test_summarize_pass_curve_is_monotone_and_matches_reference() -> None:
 def test_summarize_bad_input(problems: list, ks: list[int], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         summarize(problems, ks)
+
+
+def test_paired_gain_matches_hand_computation() -> None:
+    before = [0.0, 0.5, 0.25, 1.0]
+    after = [0.5, 0.5, 0.75, 1.0]
+    # differences 0.5, 0, 0.5, 0: mean 0.25, sample std sqrt(1/12), se sqrt(1/12) / 2
+    gain, se = paired_gain(before, after)
+    assert gain == pytest.approx(0.25, abs=1e-12)
+    assert se == pytest.approx(math.sqrt(1 / 12) / 2, abs=1e-12)
+
+
+def test_paired_gain_is_paired_not_pooled() -> None:
+    # A constant shift over very different problems has no spread: se 0, unlike two independent means.
+    before = [0.0, 0.25, 0.5, 0.75]
+    gain, se = paired_gain(before, [b + 0.125 for b in before])
+    assert gain == pytest.approx(0.125, abs=1e-12)
+    assert se == pytest.approx(0.0, abs=1e-12)
+
+
+def test_paired_gain_edge_cases_and_bad_input() -> None:
+    gain, se = paired_gain([0.5], [1.0])
+    assert gain == 0.5 and math.isnan(se)
+    with pytest.raises(ValueError, match="no problems"):
+        paired_gain([], [])
+    with pytest.raises(ValueError, match="2 values before but 1 after"):
+        paired_gain([0.0, 1.0], [1.0])

@@ -14,6 +14,7 @@ import torch
 
 from rlready import config
 from rlready.config import ConfigError
+from rlready.metrics import paired_gain
 from rlready.rl.rollout import Completion, HFRollout
 from rlready.rl.sampling import collect_informative_groups
 from rlready.train import rl
@@ -296,6 +297,12 @@ def test_run_writes_metrics_eval_and_final(finished_run: Path) -> None:
         for key in ("avg@k", "cons@k", "pass@k", "avg@4", "cons@4", "pass@2", "pass@4", "avg@1"):
             assert 0.0 <= d[key] <= 1.0
         assert d["avg@k"] == d["avg@4"] and d["pass@k"] == d["pass@2"] and d["cons@k"] == d["cons@4"]
+        per_problem = d["avg@k_per_problem"]
+        assert len(per_problem) == d["problems"]
+        assert sum(per_problem) / len(per_problem) == pytest.approx(d["avg@k"], abs=1e-12)
+    gain, se = paired_gain(ev["initial"]["avg@k_per_problem"], ev["avg@k_per_problem"])
+    assert ev["avg@k_gain"] == pytest.approx(ev["avg@k"] - ev["initial"]["avg@k"], abs=1e-12)
+    assert (ev["avg@k_gain"], ev["avg@k_gain_se"]) == (gain, se)
     assert ev["step"] == 4
     model = AutoModelForCausalLM.from_pretrained(finished_run / "final")
     assert model.config.vocab_size > 0

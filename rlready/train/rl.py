@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from rlready.config import ConfigError, RunConfig
-from rlready.metrics import summarize
+from rlready.metrics import paired_gain, summarize
 from rlready.rl.advantages import group_advantages
 from rlready.rl.loss import policy_loss
 from rlready.rl.rollout import Completion, RolloutBackend, make_backend
@@ -273,6 +273,8 @@ def evaluate(backend: RolloutBackend, scorer: Any, tasks: Sequence[Task], cfg: R
     result["avg@k"], result["cons@k"] = result[f"avg@{ec.samples}"], result[f"cons@{ec.samples}"]
     result["pass@k"] = result[f"pass@{ec.pass_k}"]
     result.update(n=ec.samples, k=ec.pass_k, problems=len(tasks), reward_failures=failures)
+    # Per-problem Avg@n, so that the RL gain can be measured pairwise on the same problems (paired_gain).
+    result["avg@k_per_problem"] = [sum(correct) / len(correct) for _, correct in per_problem]
     return result
 
 
@@ -437,6 +439,9 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
     model.generation_config.do_sample = False
     save_model(model, tok, out / "final")
     result = {"step": step, "samples": samples_seen, **final, "initial": initial}
+    if "avg@k_per_problem" in initial:  # absent from runs started before it was recorded
+        gain, se = paired_gain(initial["avg@k_per_problem"], final["avg@k_per_problem"])
+        result.update({"avg@k_gain": gain, "avg@k_gain_se": se})
     write_json(out / "eval.json", result)
     return result
 
