@@ -104,6 +104,8 @@ def _fake_study(root: Path, seeds: int = 2) -> list[Job]:
                     "rl",
                     {
                         "avg@k": 0.3,
+                        "avg@k_gain": 0.2,
+                        "avg@k_gain_se": 0.05 + 0.01 * s,
                         "cons@k": 0.3,
                         "pass@k": 0.5,
                         "pass@1": 0.3,
@@ -152,6 +154,7 @@ def test_collect_claims_and_report(tmp_path: Path) -> None:
     for fig in ("pretrain.png", "midtrain.png", "rl.png", "passk.png"):
         assert (tmp_path / "figures" / fig).stat().st_size > 1000 and fig in text
     assert "| beta=-0.25 |" in text and "2.205 ± 0.007" in text  # mean ± std over the two seeds
+    assert "0.200 ± 0.000 |" in text and "paired SE" not in text  # gains over seeds, not one run's SE
 
 
 def test_report_compares_studies_and_rejects_non_studies(tmp_path: Path) -> None:
@@ -160,6 +163,7 @@ def test_report_compares_studies_and_rejects_non_studies(tmp_path: Path) -> None
         jobs = _fake_study(root, seeds=1)
         (root / "summary.json").write_text(json.dumps(collect(root, jobs)))
     paths = write_report([tmp_path / "a", tmp_path / "b"])
+    assert "+0.200 ± 0.050 (paired SE)" in (tmp_path / "a" / "report.md").read_text()  # one seed
     assert paths[-1] == tmp_path / "a" / "comparison.md" and "Comparison" in paths[-1].read_text()
     with pytest.raises(ValueError, match="no summary.json"):
         write_report([tmp_path])

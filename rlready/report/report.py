@@ -366,6 +366,16 @@ def claims(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _gain(runs: list[dict[str, Any]]) -> str:
+    """Avg@k gain of RL: with one seed, ± the paired standard error over the held-out problems; with
+    several, mean ± std over seeds."""
+    gains = _values(runs, "rl", "avg@k_gain")
+    se = runs[0].get("rl", {}).get("avg@k_gain_se") if len(runs) == 1 else None
+    if len(gains) == 1 and isinstance(se, (int, float)) and math.isfinite(se):
+        return f"{gains[0]:+.3f} ± {se:.3f} (paired SE)"
+    return _fmt(gains)
+
+
 def _entropy_drop(study: Path, runs: list[dict[str, Any]]) -> list[float]:
     """Relative fall of RL policy entropy from its first logged value to its minimum."""
     out = []
@@ -436,6 +446,7 @@ def render(study: Path, summary: dict[str, Any]) -> str:
                 _fmt(_values(r, "rl", "cons@k")),
                 _fmt(_values(r, "rl", "initial/pass@k")),
                 _fmt(_values(r, "rl", "pass@k")),
+                _gain(r),
                 _fmt(_entropy_drop(study, r), 2),
             ]
         )
@@ -449,6 +460,7 @@ def render(study: Path, summary: dict[str, Any]) -> str:
                 "Cons@k after",
                 "Pass@k before",
                 "Pass@k after",
+                "Avg@k gain",
                 "entropy drop",
             ],
             rl_rows,
