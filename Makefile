@@ -36,7 +36,7 @@ study: setup
 	$(VENV)/bin/rlready study --preset $(PRESET) --out $(OUT)
 
 bench: setup
-	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m pip install -q -e ".[bench,profile]"
 	$(PY) -m benchmarks.run
 
 clean:

@@ -16,7 +16,13 @@ from pathlib import Path
 from benchmarks.common import RESULTS
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITE = ("loss", "train", "rollout")
+SUITE = ("loss", "train", "rollout", "profile")
+MODULES = {
+    "loss": "bench_loss",
+    "train": "bench_train",
+    "rollout": "bench_rollout",
+    "profile": "profile_study",
+}
 
 
 def _load(name: str) -> dict | None:
@@ -83,7 +89,29 @@ def render_rollout(r: dict) -> list[str]:
     return out + [""]
 
 
-RENDER = {"loss": render_loss, "train": render_train, "rollout": render_rollout}
+def render_profile(r: dict) -> list[str]:
+    out = [
+        "## Where the tiny study's time goes (one configuration, one thread per stage)",
+        "",
+        f"Command: `{r['command']}`  ",
+        f"Machine: {_machine_line(r)}",
+        "",
+        "pyinstrument, calls below each stage's `_run` with at least 3% of its time (full profiles in",
+        "`benchmarks/results/profile_<stage>.txt`):",
+        "",
+    ]
+    for stage in r["stages"]:
+        out += [f"**{stage['stage']}**: {stage['wall_s']} s", ""]
+        out += ["| share | call |", "|---|---|"]
+        out += [
+            f"| {c['share']:.1%} | {'&nbsp;&nbsp;' * 2 * c['depth']}`{c['call']}` |"
+            for c in stage["top_calls"]
+        ]
+        out.append("")
+    return out
+
+
+RENDER = {"loss": render_loss, "train": render_train, "rollout": render_rollout, "profile": render_profile}
 
 
 def render(notes: Path = ROOT / "benchmarks" / "NOTES.md") -> str:
@@ -114,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.only.split(","):
             if name not in SUITE:
                 sys.exit(f"unknown benchmark {name!r}; choose from {', '.join(SUITE)}")
-            module = __import__(f"benchmarks.bench_{name}", fromlist=["main"])
+            module = __import__(f"benchmarks.{MODULES[name]}", fromlist=["main"])
             module.main(["--quick"] if args.quick else [])
     (ROOT / "BENCHMARKS.md").write_text(render())
     print(f"wrote {ROOT / 'BENCHMARKS.md'}", file=sys.stderr)

@@ -1,0 +1,121 @@
+"""Where the tiny study's time goes: each stage of one configuration under pyinstrument.
+
+    python -m benchmarks.profile_study [--out DIR] [--quick]
+
+Runs pre-train -> mid-train -> RL of the CE configuration with the tiny preset's defaults, in this process,
+on one thread (what the study gives each stage, two stages at a time on 2 cores), under pyinstrument's
+sampling profiler. For each stage it records the wall time and the share of the calls below the stage's
+``_run`` that take at least 3% of it (three levels deep), writes the full text profile to
+``benchmarks/results/profile_<stage>.txt`` and the summary to ``benchmarks/results/profile.json``.
+pyinstrument attributes time spent in torch's C++ kernels to the Python call that launched them, which is
+the level at which something can be done about it. Needs ``pip install -e ".[profile]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import RESULTS, machine, write_json
+
+MIN_SHARE = 0.03
+DEPTH = 3
+
+
+def _stage_root(frame):
+    """The frame of the stage's ``_run`` (rlready/train/lm.py or rl.py), searched depth first."""
+    if frame.function == "_run" and "rlready/train/" in (frame.file_path or ""):
+        return frame
+    for child in frame.children:
+        found = _stage_root(child)
+        if found is not None:
+            return found
+    return None
+
+
+def _top_calls(frame, total: float, depth: int = 0) -> list[dict]:
+    """Calls below ``frame`` with at least MIN_SHARE of ``total``, as an indented list."""
+    rows = []
+    for child in sorted(frame.children, key=lambda f: -f.time):
+        if child.time / total < MIN_SHARE:
+            continue
+        where = f"{Path(child.file_path or '?').name}:{child.line_no}"
+        rows.append(
+            {"depth": depth, "call": f"{child.function} ({where})", "share": round(child.time / total, 3)}
+        )
+        if depth + 1 < DEPTH:
+            rows += _top_calls(child, total, depth + 1)
+    return rows
+
+
+def profile_stage(name: str, argv: list[str]) -> dict:
+    from pyinstrument import Profiler
+
+    from rlready.cli import main as cli_main
+
+    profiler = Profiler(interval=0.005)
+    start = time.perf_counter()
+    profiler.start()
+    rc = cli_main([*argv, "--debug"])
+    profiler.stop()
+    wall = time.perf_counter() - start
+    if rc != 0:
+        raise SystemExit(f"profile_study: {name} exited with {rc}")
+    (RESULTS / f"profile_{name}.txt").write_text(profiler.output_text(unicode=True, color=False))
+    root = _stage_root(profiler.last_session.root_frame())
+    if root is None:
+        raise SystemExit(f"profile_study: no rlready.train _run frame in the {name} profile")
+    print(f"{name}: {wall:.1f} s")
+    rows = _top_calls(root, root.time)
+    for r in rows:
+        print(f"  {'  ' * r['depth']}{r['share']:6.1%}  {r['call']}")
+    return {"stage": name, "wall_s": round(wall, 1), "top_calls": rows}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None, help="run directory (default: a temporary one)")
+    parser.add_argument("--quick", action="store_true", help="60/60/6 steps instead of the preset's")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    out = Path(args.out or tempfile.mkdtemp(prefix="rlready-profile-"))
+    common = ["--preset", "tiny", "--log.progress", "lines"]
+    steps = (lambda n: ["--train.max_steps", str(n)]) if args.quick else (lambda n: [])
+    stages = [
+        ("pretrain", ["pretrain", *common, *steps(60), "--out", str(out / "pretrain")]),
+        (
+            "midtrain",
+            [
+                "midtrain",
+                *common,
+                *steps(60),
+                "--init",
+                str(out / "pretrain" / "final"),
+                "--out",
+                str(out / "midtrain"),
+            ],
+        ),
+        (
+            "rl",
+            ["rl", *common, *steps(6), "--init", str(out / "midtrain" / "final"), "--out", str(out / "rl")],
+        ),
+    ]
+    results = [profile_stage(name, argv) for name, argv in stages]
+    write_json(
+        "profile",
+        {
+            "command": "python -m benchmarks.profile_study" + (" --quick" if args.quick else ""),
+            "machine": machine(),
+            "stages": results,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
