@@ -203,8 +203,11 @@ def test_missing_path_is_a_hub_name_only_when_datasets_is_installed(
             open_source(local)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow installed")
-def test_parquet_without_pyarrow_fails_clearly(tmp_path: Path) -> None:
+def test_parquet_without_pyarrow_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real_find_spec(name, *a)
+    )
     (tmp_path / "a.parquet").write_bytes(b"PAR1")
     with pytest.raises(DataSourceError, match="needs pyarrow"):
         open_source(tmp_path / "a.parquet")
