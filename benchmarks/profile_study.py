@@ -5,7 +5,7 @@
 Runs pre-train -> mid-train -> RL of the CE configuration with the tiny preset's defaults, in this process,
 on one thread (what the study gives each stage, two stages at a time on 2 cores), under pyinstrument's
 sampling profiler. For each stage it records the wall time and the share of the calls below the stage's
-``_run`` that take at least 3% of it (three levels deep), writes the full text profile to
+``_run`` that take at least 3% of it (three levels of project code deep; torch and transformers calls are leaves), writes the full text profile to
 ``benchmarks/results/profile_<stage>.txt`` and the summary to ``benchmarks/results/profile.json``.
 pyinstrument attributes time spent in torch's C++ kernels to the Python call that launched them, which is
 the level at which something can be done about it. Needs ``pip install -e ".[profile]"``.
@@ -36,17 +36,35 @@ def _stage_root(frame):
     return None
 
 
+def _is_project(frame) -> bool:
+    return "/rlready/" in (frame.file_path or "")
+
+
+def _project_children(frame, total: float):
+    """Children that matter, looking through library frames (torch's ``_call_impl``, ``transformers``) down
+    to the next project frames; a library call with no project frame below it is a leaf."""
+    for child in frame.children:
+        if child.time / total < MIN_SHARE:
+            continue
+        if _is_project(child):
+            yield child
+            continue
+        below = list(_project_children(child, total))
+        if any(_is_project(c) for c in below):
+            yield from below
+        else:
+            yield child
+
+
 def _top_calls(frame, total: float, depth: int = 0) -> list[dict]:
     """Calls below ``frame`` with at least MIN_SHARE of ``total``, as an indented list."""
     rows = []
-    for child in sorted(frame.children, key=lambda f: -f.time):
-        if child.time / total < MIN_SHARE:
-            continue
+    for child in sorted(_project_children(frame, total), key=lambda f: -f.time):
         where = f"{Path(child.file_path or '?').name}:{child.line_no}"
         rows.append(
             {"depth": depth, "call": f"{child.function} ({where})", "share": round(child.time / total, 3)}
         )
-        if depth + 1 < DEPTH:
+        if depth + 1 < DEPTH and _is_project(child):
             rows += _top_calls(child, total, depth + 1)
     return rows
 
@@ -65,7 +83,11 @@ def profile_stage(name: str, argv: list[str]) -> dict:
     if rc != 0:
         raise SystemExit(f"profile_study: {name} exited with {rc}")
     (RESULTS / f"profile_{name}.txt").write_text(profiler.output_text(unicode=True, color=False))
-    root = _stage_root(profiler.last_session.root_frame())
+    from pyinstrument import processors
+
+    # The raw tree has one frame per call; merge repeated calls of a function as the text renderer does.
+    tree = processors.aggregate_repeated_calls(profiler.last_session.root_frame(), options={})
+    root = _stage_root(tree)
     if root is None:
         raise SystemExit(f"profile_study: no rlready.train _run frame in the {name} profile")
     print(f"{name}: {wall:.1f} s")
