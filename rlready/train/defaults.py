@@ -51,16 +51,33 @@ _PRETRAIN: dict[str, dict[str, Any]] = {
         },
     },
     "small": {
-        "data": {"seq_len": 256, "vocab_size": 8192, "world_chars": 40_000_000},
+        # About 5x the compute of tiny per configuration (~30 min on one thread), so that the study with
+        # three seeds (15 runs, two at a time) takes a few hours on 2 cores; three-step problems.
+        "data": {
+            "seq_len": 128,
+            "vocab_size": 4096,
+            "world_chars": 8_000_000,
+            "reasoning_max_steps": 3,
+            "reasoning_max_operand": 9,
+        },
         "train": {
-            "max_steps": 4000,
+            "max_steps": 400,
             "batch_size": 32,
-            "micro_batch": 16,
-            "lr": 1.5e-3,
-            "final_lr": 1.5e-4,
-            "warmup_steps": 200,
-            "checkpoint_every": 500,
-            "log_every": 20,
+            "micro_batch": 32,
+            "lr": 2e-3,
+            "final_lr": 2e-4,
+            "warmup_steps": 40,
+            "checkpoint_every": 100,
+            "log_every": 10,
+            "eval_every": 0,
+        },
+        "eval": {
+            "tokens": 65536,
+            "knowledge_questions": 200,
+            "reasoning_problems": 64,
+            "samples": 8,
+            "pass_k": 4,
+            "max_new_tokens": 48,
         },
     },
 }
@@ -85,7 +102,7 @@ for _name in ("dense-1b", "dense-4b", "moe-5b-a0.3b", "moe-10b-a0.5b", "moe-20b-
 # Mid-training steps where a third of pre-training is too short. The tiny model learns to copy the operands
 # of a word problem only after about 600 steps in all: with 300 + 150 steps it solves ~8% of held-out
 # problems (Avg@8), too few for RL to find much; with 300 + 400 steps, ~68%, with Pass@8 near 90%.
-_MIDTRAIN_STEPS = {"tiny": 400}
+_MIDTRAIN_STEPS = {"tiny": 400, "small": 400}
 
 
 def stage_defaults(stage: str, preset: str) -> dict[str, Any]:
@@ -150,21 +167,25 @@ _RL: dict[str, dict[str, Any]] = {
     "small": {
         "train": {
             **_RL_TRAIN_COMMON,
-            "max_steps": 300,
-            "lr": 1e-4,
-            "final_lr": 1e-4,
-            "checkpoint_every": 50,
+            "max_steps": 40,
+            "lr": 1e-5,
+            "final_lr": 1e-5,
+            "checkpoint_every": 10,
             "log_every": 1,
         },
         "rl": {
-            "prompts_per_step": 32,
+            "prompts_per_step": 8,
             "group_size": 16,
             "minibatches": 4,
             "micro_batch": 64,
-            "max_new_tokens": 96,
-            "eval_every": 50,
+            "max_new_tokens": 48,
+            "max_rounds": 8,
+            "eval_every": 0,
+            "train_problems": 1024,
+            "task_max_steps": 3,
+            "task_max_operand": 9,
         },
-        "eval": {"reasoning_problems": 128, "samples": 32, "pass_k": 16, "max_new_tokens": 96},
+        "eval": {"reasoning_problems": 128, "samples": 8, "pass_k": 4, "max_new_tokens": 48},
     },
 }
 _RL["tiny-moe"] = _RL["tiny"]
