@@ -12,51 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from lm_runs import make_cfg
 
 from rlready import config
 from rlready.train import checkpoint, lm
 from rlready.train.schedule import wsd_lr
 
-SMALL = {
-    "train.max_steps": "6",
-    "train.batch_size": "4",
-    "train.micro_batch": "2",
-    "train.log_every": "1",
-    "train.warmup_steps": "2",
-    "train.checkpoint_every": "2",
-    "data.seq_len": "32",
-    "data.world_chars": "60000",
-    "eval.tokens": "512",
-    "eval.knowledge_questions": "1",
-    "eval.reasoning_problems": "1",
-    "eval.samples": "1",
-    "eval.pass_k": "1",
-    "eval.max_new_tokens": "2",
-    "log.progress": "lines",
-}
 METRIC_KEYS = {"step", "tokens", "lr", "loss", "ce", "entropy", "tokens_per_s"}
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """A token cache and a small tokenizer shared by every run of this file."""
-    from rlready.data import tokenizer, world
-
-    root = tmp_path_factory.mktemp("lm")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RLREADY_CACHE", str(root / "cache"))
-    w = world.World(world.WorldConfig(seed=0))
-    tok = tokenizer.train_tokenizer(w.documents("pretrain", n_chars=60000), 512)
-    tokenizer.save_tokenizer(tok, root / "tok")
-    yield root
-    mp.undo()
-
-
-def make_cfg(env: Path, stage: str = "pretrain", **extra: str) -> config.RunConfig:
-    overrides = {**SMALL, "data.tokenizer": str(env / "tok"), **extra}
-    if stage == "midtrain":  # keep the stage's own schedule: no warmup, decay over the whole run
-        del overrides["train.warmup_steps"]
-    return config.resolve(stage, "tiny", overrides=list(overrides.items()))
 
 
 def read_metrics(out: Path) -> list[dict]:

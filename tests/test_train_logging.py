@@ -14,45 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lm_runs import make_cfg
 
-from rlready import config
 from rlready.train import lm
 from rlready.train.logger import RunLogger
-
-SMALL = {
-    "train.max_steps": "6",
-    "train.batch_size": "4",
-    "train.micro_batch": "2",
-    "train.log_every": "1",
-    "train.warmup_steps": "2",
-    "train.checkpoint_every": "2",
-    "train.eval_every": "3",
-    "data.seq_len": "32",
-    "data.world_chars": "60000",
-    "eval.tokens": "512",
-    "eval.knowledge_questions": "1",
-    "eval.reasoning_problems": "1",
-    "eval.samples": "1",
-    "eval.pass_k": "1",
-    "eval.max_new_tokens": "2",
-    "log.progress": "lines",
-}
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """A token cache and a small tokenizer shared by the runs of this file."""
-    from rlready.data import tokenizer, world
-
-    root = tmp_path_factory.mktemp("logging")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RLREADY_CACHE", str(root / "cache"))
-    w = world.World(world.WorldConfig(seed=0))
-    tokenizer.save_tokenizer(
-        tokenizer.train_tokenizer(w.documents("pretrain", n_chars=60000), 512), root / "tok"
-    )
-    yield root
-    mp.undo()
 
 
 @pytest.fixture
@@ -64,11 +29,6 @@ def wandb_env(tmp_path, monkeypatch):
         monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # were it online, it could reach nothing
-
-
-def make_cfg(env: Path, **extra: str) -> config.RunConfig:
-    overrides = {**SMALL, "data.tokenizer": str(env / "tok"), **extra}
-    return config.resolve("pretrain", "tiny", overrides=list(overrides.items()))
 
 
 def expected(out: Path) -> dict[str, list[tuple[int, float]]]:
@@ -144,7 +104,7 @@ def test_tensorboard_holds_metrics_jsonl_also_after_a_crash_and_resume(env, tmp_
     from rlready.train import logger
 
     out = tmp_path / "tb"
-    cfg = make_cfg(env, **{"log.tensorboard": "true"})
+    cfg = make_cfg(env, **{"train.eval_every": "3", "log.tensorboard": "true"})
     original = logger.RunLogger.log
     crashed = []  # holds the crashed run's logger, never closed (as in a killed process)
 
@@ -177,7 +137,7 @@ def test_tensorboard_holds_metrics_jsonl_also_after_a_crash_and_resume(env, tmp_
 def test_wandb_offline_holds_metrics_jsonl(env, tmp_path, wandb_env):
     """Offline by default, in the run directory; every scalar of metrics.jsonl at its step, exactly."""
     out = tmp_path / "wb"
-    lm.run(make_cfg(env, **{"log.wandb": "true"}), out)
+    lm.run(make_cfg(env, **{"train.eval_every": "3", "log.wandb": "true"}), out)
     runs = offline_runs(out / "wandb")
     assert len(runs) == 1, list((out / "wandb").iterdir())
     run_id = (out / "wandb_run_id").read_text().strip()
