@@ -162,8 +162,14 @@ def test_repeated_non_finite_steps_stop_and_keep_the_good_checkpoint(env, tmp_pa
     _nan_loss_at(monkeypatch, {3, 4, 5, 6})
     out = tmp_path / "run"
     cfg = make_cfg(env, **{"train.checkpoint_every": "1", "train.max_bad_steps": "3"})
+    from rlready.train.logger import RunLogger
+
+    closed = []
+    real_close = RunLogger.close
+    monkeypatch.setattr(RunLogger, "close", lambda self: (closed.append(True), real_close(self)))
     with pytest.raises(lm.TrainingError, match="3 non-finite steps in a row at step 5"):
         lm.run(cfg, out)
+    assert closed == [True]  # the logger (metrics.jsonl, TensorBoard, wandb) is closed on the error path too
     names = [p.name for p in checkpoint.list_checkpoints(out / "checkpoints")]
     assert names == ["step_00000001", "step_00000002"]
     assert not (out / "final").exists() and not (out / "eval.json").exists()

@@ -356,7 +356,8 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
             )
         dist.barrier(d)
 
-    with _StopFlag() as stop:
+    # closing(): the logger is closed (files flushed, wandb finished) however the loop ends, errors included.
+    with _StopFlag() as stop, contextlib.closing(logger):
         while step < tc.max_steps:
             progress = step / max(1, tc.max_steps)
             weighting = TokenWeighting(
@@ -448,14 +449,12 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
                 if finite:
                     save(step)
                 if stop_now:
-                    logger.close()
                     where = (
                         f"checkpoint written to {out / 'checkpoints'}"
                         if finite
                         else "last good checkpoint kept"
                     )
                     raise Interrupted(f"interrupted at step {step}; {where}; run the same command to resume")
-    logger.close()
     return _finish(cfg, out, model, data, d, step, tokens_seen)
 
 
