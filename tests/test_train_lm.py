@@ -125,6 +125,16 @@ def test_different_configuration_is_refused_and_overwrite_replaces(pretrained, e
     assert [r["step"] for r in read_metrics(out)] == [1, 2]
 
 
+def test_overwrite_never_deletes_a_directory_that_holds_no_run(env, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("not an rlready run")
+    for overwrite in (False, True):
+        with pytest.raises(config.ConfigError, match="holds no rlready run"):
+            lm.run(make_cfg(env), out, overwrite=overwrite)
+        assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
 # -- non-finite steps ----------------------------------------------------------------------------------------
 
 

@@ -3,7 +3,8 @@
 ``DIR/config.json`` (resolved configuration), ``metrics.jsonl``, ``checkpoints/``, ``eval.json``, ``final/``
 (Hugging Face format). Running the same command on the same ``DIR`` resumes; a finished run (``eval.json``
 and ``final/`` present) is not retrained; a ``DIR`` holding a run of another configuration is refused unless
-``--overwrite`` is given. Nothing that existed is changed before these checks pass.
+``--overwrite`` is given; a non-empty ``DIR`` that holds no run (no ``config.json``) is refused even then.
+Nothing that existed is changed before these checks pass.
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ def check_run_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> bool:
     saved = out / "config.json"
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} exists and is not a directory")
-    if not out.is_dir() or not any(out.iterdir()) or overwrite:
+    if not out.is_dir() or not any(out.iterdir()):
         return False
-    if not saved.is_file():
+    if not saved.is_file():  # --overwrite replaces an rlready run, never a directory of something else
         raise ConfigError(f"--out {str(out)!r} is not empty and holds no rlready run (use another directory)")
+    if overwrite:
+        return False
     try:
         previous = json.loads(saved.read_text())
     except (OSError, ValueError):
