@@ -102,8 +102,8 @@ for _name in ("dense-1b", "dense-4b", "moe-5b-a0.3b", "moe-10b-a0.5b", "moe-20b-
 
 
 # Mid-training steps where a third of pre-training is too short. The tiny model learns to copy the operands
-# of a word problem only after about 600 steps in all: with 300 + 150 steps it solves ~8% of held-out
-# problems (Avg@8), too few for RL to find much; with 300 + 400 steps, ~68%, with Pass@8 near 90%.
+# of a word problem only after about 600 steps in all: with 450 + 150 steps it solved ~9% of held-out
+# problems (Avg@8), too few for RL to find much; with 300 + 400 steps, ~67%, with Pass@8 near 90%.
 _MIDTRAIN_STEPS = {"tiny": 400, "small": 400}
 
 
