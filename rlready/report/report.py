@@ -119,22 +119,12 @@ def make_figures(study: Path, summary: dict[str, Any]) -> list[tuple[str, str]]:
     )
     axes[1].legend(fontsize=8)
     # The end point on held-out text, where differences between configurations are visible.
-    names = list(groups)
-    stats = [_mean_std(_values(groups[n], "pretrain", "entropy")) for n in names]
-    heights = [st[0] for st in stats]
-    axes[2].bar(
-        range(len(names)),
-        heights,
-        yerr=[0 if math.isnan(st[1]) else st[1] for st in stats],
-        color=[PALETTE[i % len(PALETTE)] for i in range(len(names))],
-    )
+    heights = _config_bars(axes[2], groups, "pretrain", "entropy", width=0.8)
     finite = [h for h in heights if math.isfinite(h)]
     if finite:
         pad = max(0.02, (max(finite) - min(finite)) * 0.6)
         axes[2].set_ylim(min(finite) - pad, max(finite) + pad)
-    axes[2].set_xticks(range(len(names)), names, rotation=20, fontsize=8)
-    axes[2].set_title("held-out entropy after pre-training")
-    axes[2].grid(alpha=0.3, axis="y")
+    _config_axis(axes[2], groups, "held-out entropy after pre-training")
     fig.tight_layout()
     fig.savefig(fig_dir / "pretrain.png", dpi=110)
     plt.close(fig)
@@ -143,26 +133,15 @@ def make_figures(study: Path, summary: dict[str, Any]) -> list[tuple[str, str]]:
     )
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    names = list(groups)
     for ax, key, title in (
         (axes[0], "knowledge", "knowledge (fact recall)"),
         (axes[1], "reasoning", "reasoning (greedy accuracy)"),
     ):
         for stage, offset, hatch in (("pretrain", -0.2, "//"), ("midtrain", 0.2, "")):
-            stats = [_mean_std(_values(groups[n], stage, key)) for n in names]
-            ax.bar(
-                [i + offset for i in range(len(names))],
-                [s[0] for s in stats],
-                width=0.4,
-                yerr=[0 if math.isnan(s[1]) else s[1] for s in stats],
-                hatch=hatch,
-                alpha=0.8,
-                color=[PALETTE[i % len(PALETTE)] for i in range(len(names))],
-                label=f"after {stage}",
+            _config_bars(
+                ax, groups, stage, key, offset=offset, hatch=hatch, alpha=0.8, label=f"after {stage}"
             )
-        ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
-        ax.set_title(title)
-        ax.grid(alpha=0.3, axis="y")
+        _config_axis(ax, groups, title)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(fig_dir / "midtrain.png", dpi=110)
@@ -174,22 +153,18 @@ def make_figures(study: Path, summary: dict[str, Any]) -> list[tuple[str, str]]:
     if eval_key:  # periodic held-out evaluation along RL
         _plot_curves(axes[0, 0], study, groups, "rl", "step", eval_key, "RL held-out " + eval_key[5:])
     else:  # held-out Avg@k of the starting model and after RL
-        names = list(groups)
         for j, (key, label) in enumerate((("initial/avg@k", "before RL"), ("avg@k", "after RL"))):
-            stats = [_mean_std(_values(groups[n], "rl", key)) for n in names]
-            axes[0, 0].bar(
-                [i + (j - 0.5) * 0.4 for i in range(len(names))],
-                [st[0] for st in stats],
-                width=0.4,
-                yerr=[0 if math.isnan(st[1]) else st[1] for st in stats],
+            _config_bars(
+                axes[0, 0],
+                groups,
+                "rl",
+                key,
+                offset=(j - 0.5) * 0.4,
                 alpha=0.5 + 0.4 * j,
-                color=[PALETTE[i % len(PALETTE)] for i in range(len(names))],
                 hatch="//" if j == 0 else "",
                 label=label,
             )
-        axes[0, 0].set_xticks(range(len(names)), names, rotation=20, fontsize=8)
-        axes[0, 0].set_title("held-out Avg@k before (hatched) and after RL")
-        axes[0, 0].grid(alpha=0.3, axis="y")
+        _config_axis(axes[0, 0], groups, "held-out Avg@k before (hatched) and after RL")
     for ax, key, title in (
         (axes[0, 1], "accuracy", "RL training accuracy (rollouts)"),
         (axes[1, 0], "entropy", "RL policy entropy"),
@@ -237,6 +212,37 @@ def make_figures(study: Path, summary: dict[str, Any]) -> list[tuple[str, str]]:
     plt.close(fig)
     made.append(("passk.png", "Pass@k vs k, after RL (solid) and before (dotted)"))
     return made
+
+
+def _config_bars(
+    ax: Any,
+    groups: dict[str, list[dict[str, Any]]],
+    stage: str,
+    key: str,
+    *,
+    offset: float = 0.0,
+    width: float = 0.4,
+    **bar_kwargs: Any,
+) -> list[float]:
+    """One bar per configuration (its colour): the mean of ``stage``/``key`` over seeds, the std as error
+    bar. Returns the heights."""
+    stats = [_mean_std(_values(runs, stage, key)) for runs in groups.values()]
+    ax.bar(
+        [i + offset for i in range(len(stats))],
+        [st[0] for st in stats],
+        width=width,
+        yerr=[0 if math.isnan(st[1]) else st[1] for st in stats],
+        color=[PALETTE[i % len(PALETTE)] for i in range(len(stats))],
+        **bar_kwargs,
+    )
+    return [st[0] for st in stats]
+
+
+def _config_axis(ax: Any, groups: dict[str, list[dict[str, Any]]], title: str) -> None:
+    names = list(groups)
+    ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
 
 
 def _stage_dict(run: dict[str, Any], stage: str) -> dict[str, Any]:
