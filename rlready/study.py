@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from rlready.config import ConfigError
+from rlready.train.rundir import is_finished
 
 STAGE_ORDER = ("pretrain", "midtrain", "rl")
 
@@ -186,7 +187,7 @@ def _run_stage(
     job: Job, stage: str, preset: str, extra: list[str], threads: int, progress: Progress, debug: bool
 ) -> None:
     out = job.stage_dir(stage)
-    if (out / "eval.json").is_file() and (out / "final" / "config.json").is_file():
+    if is_finished(out):
         progress.finished(0.0, ran=False)  # finished by an earlier run of the study
         return
     progress.line(

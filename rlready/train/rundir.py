@@ -57,6 +57,11 @@ def check_run_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> bool:
             f"--out {str(out)!r} holds a run with a different configuration ({why}); "
             "use another directory or --overwrite"
         )
+    return is_finished(out)
+
+
+def is_finished(out: Path) -> bool:
+    """A finished run: its evaluation and its Hugging Face export are both written."""
     return (out / "eval.json").is_file() and (out / "final" / "config.json").is_file()
 
 
