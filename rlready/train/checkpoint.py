@@ -171,13 +171,8 @@ def restore(ckpt: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Opt
             f"checkpoint {ckpt.path.name} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     if optimizer is not None:
-        restore_optimizer(ckpt, optimizer)
+        optimizer.load_state_dict(read_optimizer_state(ckpt))
     set_rng_state(ckpt.state["rng"], load_file(ckpt.path / "rng.safetensors"))
-
-
-def restore_optimizer(ckpt: Checkpoint, optimizer: torch.optim.Optimizer) -> None:
-    """The optimizer state of ``ckpt`` (``torch.load(weights_only=True)``: no arbitrary unpickling)."""
-    optimizer.load_state_dict(read_optimizer_state(ckpt))
 
 
 def read_optimizer_state(ckpt: Checkpoint) -> dict[str, Any]:

@@ -105,10 +105,7 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, d: 
     if not d.is_main:
         return {}
     index = {name: i for i, name in enumerate(_param_names(model, optimizer))}
-    return {  # keyed by parameter name -> by number
-        "state": {index[name]: v for name, v in full["state"].items()},
-        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in full["param_groups"]],
-    }
+    return _rekey(full, index)  # keyed by parameter name -> by number
 
 
 def load_optimizer_state(
@@ -135,14 +132,19 @@ def load_optimizer_state(
 
     full: dict[str, Any] = {}
     if d.is_main:  # keyed by number -> by parameter name, as the library expects
-        names = _param_names(model, optimizer)
-        full = {
-            "state": {names[i]: v for i, v in state["state"].items()},
-            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]],
-        }
+        full = _rekey(state, _param_names(model, optimizer))
     set_optimizer_state_dict(
         model, optimizer, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     )
+
+
+def _rekey(state: dict[str, Any], key: Any) -> dict[str, Any]:
+    """An optimizer state dict with every parameter key ``p`` (in ``state`` and in each group's ``params``)
+    replaced by ``key[p]``: numbers <-> parameter names."""
+    return {
+        "state": {key[p]: v for p, v in state["state"].items()},
+        "param_groups": [{**g, "params": [key[p] for p in g["params"]]} for g in state["param_groups"]],
+    }
 
 
 def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
