@@ -148,9 +148,9 @@ class Job:
 class Progress:
     """Which stage of which configuration runs, and the overall ETA from finished stage times."""
 
-    def __init__(self, total: int, done: int) -> None:
+    def __init__(self, total: int, done: int, parallel: int = 1) -> None:
         self.total, self.done, self.t0 = total, done, time.perf_counter()
-        self.parallel = 1
+        self.parallel = parallel  # stages running side by side, for the ETA
         self.durations: list[float] = []
         self.lock = threading.Lock()
 
@@ -164,23 +164,18 @@ class Progress:
             if ran:
                 self.durations.append(seconds)
 
-    def eta(self, parallel: int) -> str:
+    def eta(self) -> str:
         if not self.durations:
             return "ETA unknown"
-        left = (self.total - self.done) * (sum(self.durations) / len(self.durations)) / max(parallel, 1)
+        left = (self.total - self.done) * (sum(self.durations) / len(self.durations)) / max(self.parallel, 1)
         return f"ETA {left / 60:.1f} min"
 
 
-class Cores:
+def stage_threads(cores: int, parallel: int, runnable: int) -> int:
     """Threads for a stage: the cores split over the stages that can run side by side now, so the machine is
     never oversubscribed (OpenMP threads that outnumber cores slow every process down several times) and a
     stage that runs alone at the end gets every core."""
-
-    def __init__(self, total: int, parallel: int) -> None:
-        self.total, self.parallel = total, parallel
-
-    def threads(self, runnable: int) -> int:
-        return max(1, self.total // max(1, min(self.parallel, runnable)))
+    return max(1, cores // max(1, min(parallel, runnable)))
 
 
 def _run_stage(
@@ -190,9 +185,7 @@ def _run_stage(
     if is_finished(out):
         progress.finished(0.0, ran=False)  # finished by an earlier run of the study
         return
-    progress.line(
-        f"{job.label}: {stage} started with {threads} thread(s) ({progress.eta(progress.parallel)})"
-    )
+    progress.line(f"{job.label}: {stage} started with {threads} thread(s) ({progress.eta()})")
     start = time.perf_counter()
     log = job.root / f"{stage}.log"
     job.root.mkdir(parents=True, exist_ok=True)
@@ -207,7 +200,7 @@ def _run_stage(
         raise RuntimeError(f"{job.label}: {stage} failed (exit {rc}): {tail[0] if tail else ''} (log: {log})")
     took = time.perf_counter() - start
     progress.finished(took, ran=True)
-    progress.line(f"{job.label}: {stage} done in {took:.0f}s ({progress.eta(progress.parallel)})")
+    progress.line(f"{job.label}: {stage} done in {took:.0f}s ({progress.eta()})")
 
 
 def schedule(jobs: list[Job], parallel: int, run) -> None:
@@ -315,18 +308,16 @@ def run_study(
     runs = [Job(c, s, out / "runs" / f"{c.name}-s{s}") for c in configs for s in range(seeds)]
     cores = os.cpu_count() or 1
     parallel = max(1, min(len(runs), jobs or cores))
-    progress = Progress(total=len(runs) * len(STAGE_ORDER), done=0)
+    progress = Progress(total=len(runs) * len(STAGE_ORDER), done=0, parallel=parallel)
     progress.line(
         f"study of {len(configs)} configurations x {seeds} seeds on preset {preset!r}: {parallel} in parallel on {cores} cores"
     )
     t0 = time.perf_counter()
-    split = Cores(cores, parallel)
-    progress.parallel = parallel
     schedule(
         runs,
         parallel,
         lambda job, stage, runnable: _run_stage(
-            job, stage, preset, extra, split.threads(runnable), progress, debug
+            job, stage, preset, extra, stage_threads(cores, parallel, runnable), progress, debug
         ),
     )
     from rlready.report.summary import collect
