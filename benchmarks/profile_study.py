@@ -19,7 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import rlready
 from benchmarks.common import RESULTS, machine, write_json
+
+# The package's own files, by location: a substring test on "rlready/" would also match torch's files in a
+# virtual environment that lives inside a checkout named rlready.
+PACKAGE = str(Path(rlready.__file__).resolve().parent) + os.sep
 
 MIN_SHARE = 0.03
 DEPTH = 3
@@ -27,7 +32,7 @@ DEPTH = 3
 
 def _stage_root(frame):
     """The frame of the stage's ``_run`` (rlready/train/lm.py or rl.py), searched depth first."""
-    if frame.function == "_run" and "rlready/train/" in (frame.file_path or ""):
+    if frame.function == "_run" and (frame.file_path or "").startswith(PACKAGE + "train" + os.sep):
         return frame
     for child in frame.children:
         found = _stage_root(child)
@@ -37,7 +42,7 @@ def _stage_root(frame):
 
 
 def _is_project(frame) -> bool:
-    return "/rlready/" in (frame.file_path or "")
+    return (frame.file_path or "").startswith(PACKAGE)
 
 
 def _project_children(frame, total: float):
