@@ -198,6 +198,19 @@ def test_save_round_trip_through_auto_classes_gives_identical_logits(tmp_path, t
     assert gen["eos_token_id"] == gen["pad_token_id"] == tokenizer.eos_token_id == 100
 
 
+def test_load_model_on_meta_builds_the_saved_shape_without_weights(saved):
+    """The skeleton FSDP ranks other than 0 build from ``--init`` (their shards come from rank 0)."""
+    real = load_model(saved)
+    skeleton = load_model(saved, device="meta")
+    assert all(p.is_meta for p in skeleton.parameters())
+    assert {n: p.shape for n, p in skeleton.named_parameters()} == {
+        n: p.shape for n, p in real.named_parameters()
+    }
+    assert skeleton.lm_head.weight is skeleton.model.embed_tokens.weight  # the tie, as in the saved model
+    with pytest.raises(ValueError, match="no config.json"):
+        load_model(saved.parent, device="meta")  # still validated
+
+
 def test_save_replaces_previous_model_dir(tmp_path, tokenizer):
     out = save_model(tiny(seed=0), tokenizer, tmp_path / "m")
     second = tiny(seed=1)

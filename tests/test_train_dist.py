@@ -1,6 +1,7 @@
 """Two CPU processes under ``torchrun`` (gloo; DDP, or FSDP2 ``fully_shard``) train the same model as one
 process with the same global batch: the loss is the global token mean in all, so the final weights agree to
-float rounding. An FSDP run stopped by SIGTERM and started again ends where the uninterrupted one does."""
+float rounding. An FSDP run stopped by SIGTERM and started again ends where the uninterrupted one does. Under
+FSDP only rank 0 ever holds the whole model: the other ranks build a meta skeleton and get their shards."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -60,6 +62,30 @@ def test_two_processes_match_one(tmp_path, parallel):
     # Both processes saw the global batch: the logged token counts agree.
     assert (tmp_path / "one" / "metrics.jsonl").read_text().count('"tokens": 1920') == 1
     assert (tmp_path / "two" / "metrics.jsonl").read_text().count('"tokens": 1920') == 1
+
+
+def test_fsdp_midtrain_from_init_matches_one_process(tmp_path):
+    """``--init DIR`` under FSDP: rank 0 loads the weights, rank 1 builds the skeleton from config.json only."""
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "RLREADY_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    args = [*ARGS, "--data.vocab_size", "512"]
+    rlready = shutil.which("rlready", path=str(Path(sys.executable).parent))
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert rlready and torchrun
+    for cmd in (
+        [rlready, "pretrain", "--out", str(tmp_path / "pt"), *args, "--train.max_steps", "3"],
+        [rlready, "midtrain", "--init", str(tmp_path / "pt" / "final"), "--out", str(tmp_path / "one"), *args],
+        [torchrun, "--standalone", "--nproc_per_node", "2", "--no-python", rlready, "midtrain",
+         "--init", str(tmp_path / "pt" / "final"), "--out", str(tmp_path / "two"), *args, "--train.fsdp", "true"],
+    ):  # fmt: skip
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    a = load_file(tmp_path / "one" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-4, msg=key)
 
 
 def test_fsdp_run_resumed_after_sigterm_is_bit_identical(tmp_path):
@@ -138,3 +164,64 @@ def test_fsdp_run_resumed_after_sigterm_is_bit_identical(tmp_path):
 
     assert metrics(out) == metrics(tmp_path / "ref")
     assert [r["step"] for r in metrics(out)] == list(range(1, 13))
+
+
+def _sharding_worker(rank: int, world: int, port: int, out: Path) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+    )
+    torch.set_num_threads(1)
+    from rlready.models import build_config, build_model
+    from rlready.train import dist
+    from rlready.train.lm import ShapedLMLoss
+
+    d = dist.init()
+    try:
+        device = dist.model_device(d, fsdp=True)
+        torch.manual_seed(0)
+        model = build_model(build_config("tiny"), device=device)
+        wrapped = dist.wrap(ShapedLMLoss(model), d, fsdp=True)
+        whole = dist.full_model_state(model, d, fsdp=True)  # gathered from every rank's shards
+        torch.save(
+            {
+                "device": device.type,
+                "whole": whole,
+                "buffers": {n: b.clone() for n, b in wrapped.named_buffers()},
+                "tied": model.lm_head.weight is model.model.embed_tokens.weight,
+                "local_rows": model.model.embed_tokens.weight.to_local().shape[0],
+            },
+            out / f"rank{rank}.pt",
+        )
+    finally:
+        dist.close(d)
+
+
+def test_fsdp_ranks_other_than_0_never_hold_the_whole_model(tmp_path):
+    """Rank 0 builds the model on CPU, rank 1 on the meta device; after ``wrap`` each holds half the rows of
+    every matrix, the gathered weights are exactly rank 0's model, the non-persistent buffers (rotary
+    frequencies) reached rank 1, and the tied embedding stayed tied."""
+    from rlready.models import build_config, build_model
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_sharding_worker, args=(2, port, tmp_path), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    torch.manual_seed(0)
+    ref = build_model(build_config("tiny"))
+    assert [r["device"] for r in ranks] == ["cpu", "meta"]
+    assert ranks[0]["whole"].keys() == ref.state_dict().keys()
+    for key, value in ref.state_dict().items():
+        assert torch.equal(ranks[0]["whole"][key], value), key
+    assert ranks[1]["whole"] == {}  # gathered on rank 0 only
+    ref_buffers = {f"model.{n}": b for n, b in ref.named_buffers()}
+    for r in ranks:
+        assert r["buffers"].keys() == ref_buffers.keys()
+        for key, value in ref_buffers.items():
+            assert torch.equal(r["buffers"][key], value), key
+        assert r["tied"]
+        assert r["local_rows"] == ref.config.vocab_size // 2

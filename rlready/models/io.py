@@ -194,6 +194,13 @@ def load_model(
     _check_dtype(dtype)
     path = Path(path)
     _check_model_dir(path)
+    if torch.device(device).type == "meta":
+        # The module tree only, no weights read: FSDP ranks that receive their shards from rank 0.
+        from transformers import AutoConfig
+
+        return build_model(
+            AutoConfig.from_pretrained(path, local_files_only=True), dtype=dtype, device=device
+        )
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path,

@@ -160,16 +160,19 @@ def load_latest(root: Path, warn) -> Checkpoint | None:
     return None
 
 
-def restore(ckpt: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
-    """Load weights, optimizer state and RNG states of ``ckpt`` (weights only through safetensors)."""
+def restore(ckpt: Checkpoint, model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None) -> None:
+    """Load weights (unless ``model`` is None), optimizer state and RNG states of ``ckpt`` (weights only
+    through safetensors)."""
     from safetensors.torch import load_file
 
-    weights = load_file(ckpt.path / "model.safetensors")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {ckpt.path.name} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+    if model is not None:
+        weights = load_file(ckpt.path / "model.safetensors")
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint {ckpt.path.name} does not fit the model (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]})"
+            )
     if optimizer is not None:
         optimizer.load_state_dict(read_optimizer_state(ckpt))
     set_rng_state(ckpt.state["rng"], load_file(ckpt.path / "rng.safetensors"))

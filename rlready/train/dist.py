@@ -54,19 +54,47 @@ def close(d: Dist) -> None:
         tdist.destroy_process_group()
 
 
+def model_device(d: Dist, *, fsdp: bool) -> torch.device:
+    """Where a stage builds (or loads) its model before ``wrap``.
+
+    Under FSDP only rank 0 holds the whole model, on CPU; the other ranks build its meta-device skeleton
+    and receive their shards from rank 0 in ``wrap``, so no GPU and no other process ever holds the whole
+    model (what torchtitan and accelerate's ``cpu_ram_efficient_loading`` do for models larger than a device).
+    """
+    if fsdp and d.enabled:
+        return torch.device("cpu") if d.is_main else torch.device("meta")
+    return d.device
+
+
 def wrap(module: nn.Module, d: Dist, *, fsdp: bool) -> nn.Module:
-    """DDP (or FSDP2 ``fully_shard`` per decoder layer and at the root) across the process group."""
+    """DDP (or FSDP2 ``fully_shard`` per decoder layer and at the root) across the process group.
+
+    Under FSDP ``module`` is built on ``model_device``: the whole model on rank 0, meta elsewhere.
+    """
     if not d.enabled:
         return module
     if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         from torch.distributed.fsdp import fully_shard
 
+        # Rank 0's weights and buffers (rotary frequencies are non-persistent buffers, outside the state dict).
+        full = module.state_dict() if d.is_main else {}
+        buffers = dict(module.named_buffers()) if d.is_main else {}
         # The decoder layers of the wrapped causal LM (``ShapedLMLoss.model.get_decoder().layers``).
         inner = getattr(module, "model", module)
         decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else inner
         for layer in getattr(decoder, "layers", None) or []:
             fully_shard(layer)
         fully_shard(module)
+        module.to_empty(device=d.device)
+        set_model_state_dict(
+            module, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        )
+        with torch.no_grad():
+            for name, buf in module.named_buffers():
+                if d.is_main:
+                    buf.copy_(buffers[name])
+                tdist.broadcast(buf, src=0)
         return module
     from torch.nn.parallel import DistributedDataParallel
 
@@ -164,9 +192,19 @@ def broadcast_flag(flag: bool, d: Dist) -> bool:
     """Rank 0's decision, for every rank (e.g. whether to stop after a signal)."""
     if not d.enabled:
         return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    # On the process group's device: NCCL has no CPU tensors.
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=d.device)
     tdist.broadcast(t, 0)
     return bool(t.item())
+
+
+def broadcast_object(obj: Any, d: Dist) -> Any:
+    """Rank 0's (picklable) ``obj``, for every rank."""
+    if not d.enabled:
+        return obj
+    box = [obj if d.is_main else None]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier(d: Dist) -> None:

@@ -268,7 +268,9 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
     # Read-only checks first: a refused --out or a bad input leaves everything on disk as it was.
     if check_run_dir(out, cfg, overwrite=overwrite):
         return json.loads((out / "eval.json").read_text())
-    inputs = check_inputs(cfg, d.device)
+    # Under FSDP the whole model lives on rank 0 only (see dist.model_device).
+    model_device = dist.model_device(d, fsdp=cfg.train.fsdp)
+    inputs = check_inputs(cfg, model_device)
     prepare(out, cfg, overwrite=overwrite, is_main=d.is_main)
     dist.barrier(d)
 
@@ -284,7 +286,7 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
         raise ConfigError(f"per-process batch {per_rank} must be a multiple of train.micro_batch ({micro})")
 
     data = load_data(cfg, out, d, inputs)
-    model = load_or_build_model(cfg, data.tokenizer, d.device, inputs.init_model)
+    model = load_or_build_model(cfg, data.tokenizer, model_device, inputs.init_model)
     from rlready.data.loader import PackedBatches
 
     loader = PackedBatches(
@@ -297,10 +299,12 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
         else (lambda msg: None)
     )
     start_step, tokens_seen = 0, 0
-    ckpt = checkpoint.load_latest(out / "checkpoints", warn)
+    # Rank 0 verifies the checkpoints (a checksum of every file) and tells the other ranks which one to load.
+    ckpt = dist.broadcast_object(checkpoint.load_latest(out / "checkpoints", warn) if d.is_main else None, d)
     if ckpt is not None:
-        # Weights (whole, on every rank, before FSDP shards them) and RNG states; the optimizer once it exists.
-        checkpoint.restore(ckpt, model, None)
+        # Weights (into the whole model: every rank's, or rank 0's under FSDP, which shards them in wrap) and
+        # RNG states; the optimizer once it exists.
+        checkpoint.restore(ckpt, None if model_device.type == "meta" else model, None)
         loader.load_state_dict(ckpt.state["loader"])
         start_step, tokens_seen = ckpt.step, int(ckpt.state["tokens"])
     wrapped = dist.wrap(ShapedLMLoss(model), d, fsdp=tc.fsdp)
