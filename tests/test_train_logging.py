@@ -147,6 +147,29 @@ def test_wandb_offline_holds_metrics_jsonl(env, tmp_path, wandb_env):
     assert wandb_scalars(wandb_history(runs[0])) == want
 
 
+def test_non_finite_values_reach_tensorboard_and_wandb_as_numbers(tmp_path, wandb_env):
+    """metrics.jsonl stays strict JSON ("nan" as a string); the plots get the NaN/inf themselves."""
+    import torch
+
+    out = tmp_path / "run"
+    out.mkdir()
+    log = RunLogger(
+        out, total_steps=3, start_step=0, enabled=True, progress="lines", tensorboard=True, wandb=True
+    )
+    log.log(1, {"loss": 1.0, "grad_norm": torch.tensor(0.5)})
+    log.log(2, {"loss": float("nan"), "grad_norm": torch.tensor(float("inf"))})
+    log.close()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[1] == {"step": 2, "loss": "nan", "grad_norm": "inf"}
+    for series in (
+        tensorboard_scalars(out / "tensorboard"),
+        wandb_scalars(wandb_history(offline_runs(out / "wandb")[0])),
+    ):
+        assert series["grad_norm"] == [(1, 0.5), (2, float("inf"))]
+        (step1, loss1), (step2, loss2) = series["loss"]
+        assert (step1, loss1, step2) == (1, 1.0, 2) and isinstance(loss2, float) and np.isnan(loss2)
+
+
 def test_wandb_resumed_run_continues_the_same_run(tmp_path, wandb_env, monkeypatch):
     """A second attempt on the same directory logs to the same wandb run id; WANDB_DIR and WANDB_MODE count."""
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))

@@ -71,10 +71,13 @@ class RunLogger:
     def log(self, step: int, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        record = {"step": step, **{k: _jsonable(v) for k, v in record.items()}}
+        values = {k: v.item() if hasattr(v, "item") else v for k, v in record.items()}
+        record = {"step": step, **{k: _jsonable(v) for k, v in values.items()}}
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
-        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        # NaN and inf reach TensorBoard and wandb as numbers (a diverging loss should show on the plot);
+        # metrics.jsonl holds them as strings, which strict JSON needs.
+        scalars = {k: v for k, v in values.items() if isinstance(v, (int, float))}
         if self.tb is not None:
             for k, v in scalars.items():
                 self.tb.add_scalar(k, v, step)
@@ -134,8 +137,6 @@ def _drop_records_after(path: Path, step: int) -> None:
 
 
 def _jsonable(v: Any) -> Any:
-    if hasattr(v, "item"):
-        v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
     return v
