@@ -105,7 +105,7 @@ def test_every_preset_builds_on_meta_with_expected_counts(name):
     if name in ("tiny", "tiny-moe"):
         assert 1e6 <= total <= 3e6 and config.vocab_size == 2048
     elif name == "small":
-        assert 4e6 <= total <= 8e6 and config.vocab_size == 4096
+        assert 1.5e6 <= total <= 3e6 and config.vocab_size == 2048
     else:
         want_total, want_active = named_size(name)
         assert config.vocab_size == 151936
