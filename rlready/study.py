@@ -306,7 +306,8 @@ def run_study(
     _check_study_file(out, settings, overwrite)
 
     runs = [Job(c, s, out / "runs" / f"{c.name}-s{s}") for c in configs for s in range(seeds)]
-    cores = os.cpu_count() or 1
+    # The CPUs this process may run on (taskset, cpusets), not every CPU of the machine.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     parallel = max(1, min(len(runs), jobs or cores))
     progress = Progress(total=len(runs) * len(STAGE_ORDER), done=0, parallel=parallel)
     progress.line(
