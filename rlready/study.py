@@ -171,6 +171,13 @@ class Progress:
         return f"ETA {left / 60:.1f} min"
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on (``taskset``, cgroup cpusets), not every CPU of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def stage_threads(cores: int, parallel: int, runnable: int) -> int:
     """Threads for a stage: the cores split over the stages that can run side by side now, so the machine is
     never oversubscribed (OpenMP threads that outnumber cores slow every process down several times) and a
@@ -306,8 +313,7 @@ def run_study(
     _check_study_file(out, settings, overwrite)
 
     runs = [Job(c, s, out / "runs" / f"{c.name}-s{s}") for c in configs for s in range(seeds)]
-    # The CPUs this process may run on (taskset, cpusets), not every CPU of the machine.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     parallel = max(1, min(len(runs), jobs or cores))
     progress = Progress(total=len(runs) * len(STAGE_ORDER), done=0, parallel=parallel)
     progress.line(

@@ -209,6 +209,21 @@ def test_schedule_runs_stages_in_order_breadth_first_and_stops_on_error(tmp_path
         schedule(jobs, 2, failing)
 
 
+def test_cores_are_those_the_process_may_use_and_split_between_stages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rlready import study
+
+    monkeypatch.setattr(study.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    monkeypatch.setattr(study.os, "cpu_count", lambda: 64)
+    assert study.usable_cores() == 1  # e.g. under `taskset -c 3`
+    monkeypatch.delattr(study.os, "sched_getaffinity", raising=False)
+    assert study.usable_cores() == 64  # platforms without affinity (macOS)
+    assert study.stage_threads(cores=8, parallel=2, runnable=5) == 4
+    assert study.stage_threads(cores=8, parallel=2, runnable=1) == 8  # the last stage gets every core
+    assert study.stage_threads(cores=1, parallel=2, runnable=2) == 1
+
+
 def test_finished_stages_are_skipped_without_a_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
