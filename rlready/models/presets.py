@@ -6,7 +6,7 @@ Qwen3-1.7B. Public Qwen3-MoE (30B-A3B: 128 experts, top-8) is only 16x sparse, w
 total with 1B active, so the MoE presets keep Qwen3-MoE's top-8 routing, head_dim 128 and 4 KV heads but
 use 256 experts (Qwen3-Next goes further, to 512) and pick width, depth and expert size so the counts land
 on the names.
-``tiny``/``tiny-moe`` train in minutes on 2 CPU cores; ``small`` takes CPU hours.
+``tiny``/``tiny-moe`` train in minutes on 2 CPU cores; a three-seed study of ``small`` takes a few CPU hours.
 
 Parameter counts: total counts tied embeddings once; active (see ``count_parameters``) counts every
 parameter outside the routed experts -- embeddings and LM head included, as the Qwen3 model cards do -- plus
