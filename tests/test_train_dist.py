@@ -29,10 +29,18 @@ ARGS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("parallel", [[], ["--train.fsdp", "true"]], ids=["ddp", "fsdp"])
-def test_two_processes_match_one(tmp_path, parallel):
+def assert_same_final_weights(a_run: Path, b_run: Path, *, atol: float) -> None:
     from safetensors.torch import load_file
 
+    a = load_file(a_run / "final" / "model.safetensors")
+    b = load_file(b_run / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=atol, msg=key)
+
+
+@pytest.mark.parametrize("parallel", [[], ["--train.fsdp", "true"]], ids=["ddp", "fsdp"])
+def test_two_processes_match_one(tmp_path, parallel):
     from rlready.data import tokenizer, world
 
     w = world.World(world.WorldConfig(seed=0))
@@ -54,11 +62,7 @@ def test_two_processes_match_one(tmp_path, parallel):
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
-    a = load_file(tmp_path / "one" / "final" / "model.safetensors")
-    b = load_file(tmp_path / "two" / "final" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-4, msg=key)
+    assert_same_final_weights(tmp_path / "one", tmp_path / "two", atol=1e-4)
     # Both processes saw the global batch: the logged token counts agree.
     assert (tmp_path / "one" / "metrics.jsonl").read_text().count('"tokens": 1920') == 1
     assert (tmp_path / "two" / "metrics.jsonl").read_text().count('"tokens": 1920') == 1
@@ -66,8 +70,6 @@ def test_two_processes_match_one(tmp_path, parallel):
 
 def test_fsdp_midtrain_from_init_matches_one_process(tmp_path):
     """``--init DIR`` under FSDP: rank 0 loads the weights, rank 1 builds the skeleton from config.json only."""
-    from safetensors.torch import load_file
-
     env = {**os.environ, "RLREADY_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     args = [*ARGS, "--data.vocab_size", "512"]
     rlready = shutil.which("rlready", path=str(Path(sys.executable).parent))
@@ -81,18 +83,13 @@ def test_fsdp_midtrain_from_init_matches_one_process(tmp_path):
     ):  # fmt: skip
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
-    a = load_file(tmp_path / "one" / "final" / "model.safetensors")
-    b = load_file(tmp_path / "two" / "final" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-4, msg=key)
+    assert_same_final_weights(tmp_path / "one", tmp_path / "two", atol=1e-4)
 
 
 def test_fsdp_run_resumed_after_sigterm_is_bit_identical(tmp_path):
     """SIGTERM to torchrun stops both FSDP processes after a step; the checkpoint they write together holds
     the whole model and optimizer (in the format of a one-process run); the same command resumes it and ends
     with the uninterrupted run's weights and metrics, bit for bit (same processes, same reduction order)."""
-    from safetensors.torch import load_file
 
     from rlready import config
     from rlready.data import tokenizer, world
@@ -152,11 +149,7 @@ def test_fsdp_run_resumed_after_sigterm_is_bit_identical(tmp_path):
     second = subprocess.run(command(out), env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"resuming from step_{step:08d}" in second.stderr
-    a = load_file(tmp_path / "ref" / "final" / "model.safetensors")
-    b = load_file(out / "final" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_same_final_weights(tmp_path / "ref", out, atol=0.0)  # bit for bit
 
     def metrics(run: Path) -> list[dict]:
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

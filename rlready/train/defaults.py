@@ -50,38 +50,6 @@ _PRETRAIN: dict[str, dict[str, Any]] = {
             "warmup_steps": 30,
         },
     },
-    "small": {
-        # Twice tiny's model on tiny's token budget, with problems of up to three steps: one CE run (600
-        # mid-training steps) solved 27% of held-out problems (Avg@8) with Pass@8 at 69%, leaving RL room to
-        # find more (+0.14 after 30 steps), where two-step problems started at 65% and gained +0.02. About 10
-        # minutes per configuration on one thread: the three-seed study is 2.4 CPU hours.
-        "data": {
-            "seq_len": 128,
-            "vocab_size": 2048,
-            "world_chars": 4_000_000,
-            "reasoning_max_steps": 3,
-            "reasoning_max_operand": 9,
-        },
-        "train": {
-            "max_steps": 300,
-            "batch_size": 16,
-            "micro_batch": 16,
-            "lr": 3e-3,
-            "final_lr": 3e-4,
-            "warmup_steps": 30,
-            "checkpoint_every": 150,
-            "log_every": 10,
-            "eval_every": 0,
-        },
-        "eval": {
-            "tokens": 65536,
-            "knowledge_questions": 200,
-            "reasoning_problems": 64,
-            "samples": 8,
-            "pass_k": 4,
-            "max_new_tokens": 48,
-        },
-    },
 }
 _PAPER_PRETRAIN = {
     "data": {"seq_len": 4096},
@@ -99,6 +67,16 @@ _PAPER_PRETRAIN = {
 }
 for _name in ("dense-1b", "dense-4b", "moe-5b-a0.3b", "moe-10b-a0.5b", "moe-20b-a1b"):
     _PRETRAIN[_name] = _PAPER_PRETRAIN
+# Twice tiny's model on tiny's recipe and token budget, with problems of up to three steps: one CE run (600
+# mid-training steps) solved 27% of held-out problems (Avg@8) with Pass@8 at 69%, leaving RL room to find more
+# (+0.14 after 30 steps), where two-step problems started at 65% and gained +0.02. About 10 minutes per
+# configuration on one thread: the three-seed study is 2.4 CPU hours.
+_PRETRAIN["small"] = {
+    "data": {**_PRETRAIN["tiny"]["data"], "reasoning_max_steps": 3},
+    "train": dict(_PRETRAIN["tiny"]["train"]),
+    "eval": {**_PRETRAIN["tiny"]["eval"], "tokens": 65536, "knowledge_questions": 200, "reasoning_problems": 64,
+             "max_new_tokens": 48},
+}  # fmt: skip
 
 
 # Mid-training steps where a third of pre-training is too short. The tiny model learns to copy the operands
@@ -166,31 +144,14 @@ _RL: dict[str, dict[str, Any]] = {
         },
         "eval": {"reasoning_problems": 64, "samples": 8, "pass_k": 4, "max_new_tokens": 32},
     },
-    "small": {
-        "train": {
-            **_RL_TRAIN_COMMON,
-            "max_steps": 30,
-            "lr": 2e-5,
-            "final_lr": 2e-5,
-            "checkpoint_every": 10,
-            "log_every": 1,
-        },
-        "rl": {
-            "prompts_per_step": 8,
-            "group_size": 16,
-            "minibatches": 4,
-            "micro_batch": 64,
-            "max_new_tokens": 48,
-            "max_rounds": 8,
-            "eval_every": 0,
-            "train_problems": 512,
-            "task_max_steps": 3,
-            "task_max_operand": 9,
-        },
-        "eval": {"reasoning_problems": 128, "samples": 8, "pass_k": 4, "max_new_tokens": 48},
-    },
 }
 _RL["tiny-moe"] = _RL["tiny"]
+# tiny's RL on small's three-step problems, with room for their longer solutions; 128 held-out problems.
+_RL["small"] = {
+    "train": dict(_RL["tiny"]["train"]),
+    "rl": {**_RL["tiny"]["rl"], "task_max_steps": 3, "max_new_tokens": 48},
+    "eval": {**_RL["tiny"]["eval"], "reasoning_problems": 128, "max_new_tokens": 48},
+}
 # The paper's recipe: 128 prompts x 16 samples, lr 1e-6, 1000 steps, 8K responses; Avg@128 / Pass@64.
 _PAPER_RL: dict[str, dict[str, Any]] = {
     "train": {
