@@ -53,7 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--configs", help="YAML/TOML list of {name, beta, lam_head, lam_tail, k} (default: the paper's five)"
     )
-    st.add_argument("--jobs", type=int, help="configurations run in parallel (default: one per core)")
+    st.add_argument(
+        "--jobs", type=int, help="configurations run in parallel (default: one per core; 1 with --launcher)"
+    )
+    st.add_argument(
+        "--launcher",
+        help='command that starts pre- and mid-training, e.g. "torchrun --nproc_per_node 8" (RL runs in one '
+        "process)",
+    )
     st.add_argument("--overwrite", action="store_true", help="replace a study with other settings in --out")
     rp = sub.add_parser("report", help="regenerate the report of one study, or compare several side by side")
     rp.add_argument("dirs", nargs="+", type=Path, help="study directories")
@@ -77,6 +84,7 @@ def _run_study(args: argparse.Namespace, extra: list[str]) -> int:
         seeds=args.seeds,
         configs=configs,
         jobs=args.jobs,
+        launcher=args.launcher,
         extra=extra,
         overwrite=args.overwrite,
         debug="--debug" in sys.argv,

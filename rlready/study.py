@@ -3,7 +3,8 @@
 For every configuration and seed: pre-train -> mid-train -> RL, each stage a ``rlready`` subprocess writing
 its own run directory (so every stage resumes, or is skipped when finished, exactly like a hand-run stage),
 then ``summary.json`` and ``report.md`` with figures. Independent configurations run in parallel processes
-when cores allow, with the cores split between them.
+when cores allow, with the cores split between them. ``--launcher`` (e.g. ``torchrun --nproc_per_node 8``)
+starts the pre- and mid-training stages as several processes each, for GPU nodes.
 
 Layout::
 
@@ -22,6 +23,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -113,10 +116,15 @@ class Job:
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
 
-    def command(self, stage: str, preset: str, extra: list[str]) -> list[str]:
+    def command(
+        self, stage: str, preset: str, extra: list[str], launcher: list[str] | None = None
+    ) -> list[str]:
+        """The stage's command line; ``launcher`` (e.g. ``torchrun --nproc_per_node 8``) starts the LM stages,
+        whose processes then share the global batch. RL runs in one process (its rollouts scale with vLLM)."""
         c = self.config
+        start = launcher if launcher and stage != "rl" else [sys.executable]
         cmd = [
-            sys.executable,
+            *start,
             "-m",
             "rlready.cli",
             stage,
@@ -186,7 +194,14 @@ def stage_threads(cores: int, parallel: int, runnable: int) -> int:
 
 
 def _run_stage(
-    job: Job, stage: str, preset: str, extra: list[str], threads: int, progress: Progress, debug: bool
+    job: Job,
+    stage: str,
+    preset: str,
+    extra: list[str],
+    threads: int,
+    progress: Progress,
+    debug: bool,
+    launcher: list[str] | None = None,
 ) -> None:
     out = job.stage_dir(stage)
     if is_finished(out):
@@ -196,7 +211,7 @@ def _run_stage(
     start = time.perf_counter()
     log = job.root / f"{stage}.log"
     job.root.mkdir(parents=True, exist_ok=True)
-    cmd = job.command(stage, preset, extra) + (["--debug"] if debug else [])
+    cmd = job.command(stage, preset, extra, launcher) + (["--debug"] if debug else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with log.open("a") as f:
         rc = subprocess.run(
@@ -269,8 +284,6 @@ def _check_study_file(out: Path, settings: dict[str, Any], overwrite: bool) -> N
                 f"--out {str(out)!r} holds a study with other settings; use another directory or --overwrite"
             )
         if previous != settings and overwrite:
-            import shutil
-
             shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
@@ -283,17 +296,31 @@ def run_study(
     seeds: int = 1,
     configs: list[StudyConfig] | None = None,
     jobs: int | None = None,
+    launcher: str | None = None,
     extra: list[str] | None = None,
     overwrite: bool = False,
     debug: bool = False,
 ) -> dict[str, Any]:
-    """Run (or resume) the whole study and write ``summary.json`` and ``report.md``."""
+    """Run (or resume) the whole study and write ``summary.json`` and ``report.md``.
+
+    ``launcher`` is not a setting of the study: a study may be resumed with or without one (processes that
+    share the global batch give the same run to float rounding).
+    """
     from rlready import config as cfgmod
 
     configs = list(configs or DEFAULT_CONFIGS)
     extra = list(extra or [])
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    launch = shlex.split(launcher) if launcher is not None else None
+    if launch is not None and not launch:
+        raise ConfigError("--launcher is empty; give a command such as 'torchrun --nproc_per_node 8'")
+    if launch is not None:
+        # Also next to this Python, so that a virtual environment's torchrun is found without activating it.
+        found = shutil.which(launch[0]) or shutil.which(launch[0], path=str(Path(sys.executable).parent))
+        if found is None:
+            raise ConfigError(f"--launcher: {launch[0]!r} is not an executable on PATH")
+        launch[0] = found
     # Validate the preset and every override once, up front, for each stage, before any process starts.
     for stage in STAGE_ORDER:
         init = [("model.init", "<previous stage>")] if stage != "pretrain" else []
@@ -314,7 +341,8 @@ def run_study(
 
     runs = [Job(c, s, out / "runs" / f"{c.name}-s{s}") for c in configs for s in range(seeds)]
     cores = usable_cores()
-    parallel = max(1, min(len(runs), jobs or cores))
+    # A launcher's processes take the machine's devices: one stage at a time unless --jobs says otherwise.
+    parallel = max(1, min(len(runs), jobs or (1 if launch else cores)))
     progress = Progress(total=len(runs) * len(STAGE_ORDER), done=0, parallel=parallel)
     progress.line(
         f"study of {len(configs)} configurations x {seeds} seeds on preset {preset!r}: {parallel} in parallel on {cores} cores"
@@ -324,7 +352,7 @@ def run_study(
         runs,
         parallel,
         lambda job, stage, runnable: _run_stage(
-            job, stage, preset, extra, stage_threads(cores, parallel, runnable), progress, debug
+            job, stage, preset, extra, stage_threads(cores, parallel, runnable), progress, debug, launch
         ),
     )
     from rlready.report.summary import collect

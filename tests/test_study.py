@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,29 @@ def test_job_commands_chain_the_stages(tmp_path: Path) -> None:
         rl[rl.index("--init") + 1] == str(tmp_path / "b-s2" / "midtrain" / "final")
         and "--loss.beta" not in rl
     )
+
+
+def test_a_launcher_starts_the_lm_stages_and_rl_runs_in_one_process(tmp_path: Path) -> None:
+    job = Job(StudyConfig("CE"), 0, tmp_path / "CE-s0")
+    launcher = ["/bin/torchrun", "--nproc_per_node", "8"]
+    for stage in ("pretrain", "midtrain"):
+        assert job.command(stage, "tiny", [], launcher)[:6] == [*launcher, "-m", "rlready.cli", stage]
+    assert job.command("rl", "tiny", [], launcher)[:4] == [sys.executable, "-m", "rlready.cli", "rl"]
+    assert job.command("pretrain", "tiny", [])[:4] == [sys.executable, "-m", "rlready.cli", "pretrain"]
+
+
+@pytest.mark.parametrize(
+    ("launcher", "message"),
+    [("", "--launcher is empty"), ("no-such-launcher-xyz --nproc_per_node 2", "not an executable on PATH")],
+)
+def test_bad_launcher_is_refused_before_anything_is_written(
+    tmp_path: Path, launcher: str, message: str
+) -> None:
+    from rlready.study import run_study
+
+    with pytest.raises(ConfigError, match=message):
+        run_study("tiny", tmp_path / "study", launcher=launcher)
+    assert not (tmp_path / "study").exists()
 
 
 def test_verdict() -> None:
