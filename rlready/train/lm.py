@@ -332,7 +332,9 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
         config=cfg.to_dict(),
     )
     if d.enabled:
-        logger.info(f"{world_size} processes ({'FSDP2' if tc.fsdp else 'DDP'}), {per_rank} sequences each per step")
+        logger.info(
+            f"{world_size} processes ({'FSDP2' if tc.fsdp else 'DDP'}), {per_rank} sequences each per step"
+        )
     if ckpt is not None:
         logger.info(f"resuming from {ckpt.path.name} (step {start_step})")
     bad_steps = 0
