@@ -67,16 +67,21 @@ _PAPER_PRETRAIN = {
 }
 for _name in ("dense-1b", "dense-4b", "moe-5b-a0.3b", "moe-10b-a0.5b", "moe-20b-a1b"):
     _PRETRAIN[_name] = _PAPER_PRETRAIN
-# Twice tiny's model on tiny's recipe and token budget, with problems of up to three steps: one CE run (600
+# About twice tiny's model on tiny's recipe and token budget, with problems of up to three steps: one CE run (600
 # mid-training steps) solved 27% of held-out problems (Avg@8) with Pass@8 at 69%, leaving RL room to find more
 # (+0.14 after 30 steps), where two-step problems started at 65% and gained +0.02. About 10 minutes per
 # configuration on one thread: the three-seed study took 86 minutes on 2 cores.
 _PRETRAIN["small"] = {
     "data": {**_PRETRAIN["tiny"]["data"], "reasoning_max_steps": 3},
     "train": dict(_PRETRAIN["tiny"]["train"]),
-    "eval": {**_PRETRAIN["tiny"]["eval"], "tokens": 65536, "knowledge_questions": 200, "reasoning_problems": 64,
-             "max_new_tokens": 48},
-}  # fmt: skip
+    "eval": {
+        **_PRETRAIN["tiny"]["eval"],
+        "tokens": 65536,
+        "knowledge_questions": 200,
+        "reasoning_problems": 64,
+        "max_new_tokens": 48,
+    },
+}
 
 
 # Mid-training steps where a third of pre-training is too short. The tiny model learns to copy the operands
