@@ -312,10 +312,11 @@ def run_study(
     extra = list(extra or [])
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
-    launch = shlex.split(launcher) if launcher is not None else None
-    if launch is not None and not launch:
-        raise ConfigError("--launcher is empty; give a command such as 'torchrun --nproc_per_node 8'")
-    if launch is not None:
+    launch = None
+    if launcher is not None:
+        launch = shlex.split(launcher)
+        if not launch:
+            raise ConfigError("--launcher is empty; give a command such as 'torchrun --nproc_per_node 8'")
         # Also next to this Python, so that a virtual environment's torchrun is found without activating it.
         found = shutil.which(launch[0]) or shutil.which(launch[0], path=str(Path(sys.executable).parent))
         if found is None:
