@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import interleaved_medians, machine, run_isolated, write_json
 from rlready.losses import fused_linear_shaped_cross_entropy, shaped_cross_entropy
+from rlready.losses.select import group_size, grouped_topk
 
 
 def naive_shaped(z, t, beta=0.0, lam_head=0.0, lam_tail=0.0, k=100):
@@ -76,6 +77,31 @@ def time_case(N: int, V: int, reps: int) -> dict:
         "V": V,
         "ms": {k: round(v * 1e3, 2) for k, v in med.items()},
         "ratio": {k: round(v / base, 3) for k, v in med.items()},
+    }
+
+
+def topk_case(V: int, k: int, reps: int) -> dict:
+    """``torch.topk`` vs the grouped selection of ``rlready.losses.select`` on one fused-op chunk of logits."""
+    torch.manual_seed(0)
+    n = max(1, 2**20 // V)  # the fused op's smallest chunk: 2**20 logits
+    z = torch.randn(n, 128) @ (torch.randn(V, 128) * 0.05).T  # logits shaped like an LM head's
+    g = group_size(V, k)
+    med = interleaved_medians(
+        {
+            "torch.topk": lambda: torch.topk(z, k, dim=-1, sorted=False),
+            "grouped": lambda: grouped_topk(z, k, g),
+        },
+        reps,
+        warmup=10,  # the first calls in a process pay for fresh allocations and thread start-up
+    )
+    base = med["torch.topk"]
+    return {
+        "n": n,
+        "V": V,
+        "k": k,
+        "g": g,
+        "ms": {name: round(v * 1e3, 3) for name, v in med.items()},
+        "ratio": {name: round(v / base, 3) for name, v in med.items()},
     }
 
 
@@ -151,12 +177,20 @@ def main(argv: list[str] | None = None) -> dict:
         + (" --sweep" if args.sweep else "")
         + (" --quick" if args.quick else ""),
         "time": [time_case(N, V, reps if N * V <= 2**25 else max(3, reps // 3)) for N, V in cases],
+        "topk": [topk_case(V, 100, 3 * reps) for V in (2048, 8192, 32768, 151936)],
         "memory": [memory_case(4096, 256, 32768)],
     }
     for case in result["time"]:
         print(f"\nforward+backward, fp32 logits N={case['N']} V={case['V']}  (median of interleaved reps)")
         for name, ms in case["ms"].items():
             print(f"  {name:<48} {ms:9.1f} ms   {case['ratio'][name]:.2f}x")
+    print("\ntop-k selection, k=100, one chunk of 2**20 logits  (median of interleaved reps)")
+    for case in result["topk"]:
+        ms = case["ms"]
+        print(
+            f"  V={case['V']:<7} n={case['n']:<4} torch.topk {ms['torch.topk']:.2f} ms   "
+            f"grouped (g={case['g']}) {ms['grouped']:.2f} ms   {case['ratio']['grouped']:.2f}x"
+        )
     for case in result["memory"]:
         print(f"\nextra peak memory, N={case['N']} H={case['H']} V={case['V']}  (fresh process each)")
         for name, mib in case["extra_peak_mib"].items():

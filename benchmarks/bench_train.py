@@ -3,6 +3,9 @@ and 1 vs 2 processes under ``torchrun`` (all on the tiny preset, CPU).
 
     python -m benchmarks.bench_train [--steps 150] [--quick]
 
+Shaped vs CE times the whole ``rlready pretrain --preset tiny`` run as the study makes it (the preset's 300
+steps and its final evaluation); ``--steps`` sets the length of the other comparisons.
+
 Every comparison is measured in this one run, variants interleaved, medians reported as ratios.
 The HF Trainer comparison needs ``accelerate`` (``pip install -e ".[bench]"``).
 """
@@ -35,17 +38,10 @@ SMALL_EVAL = [
 ]
 
 
-def _pretrain_args(steps: int) -> list[str]:
-    return [
-        "pretrain",
-        "--preset",
-        "tiny",
-        "--train.max_steps",
-        str(steps),
-        "--log.progress",
-        "lines",
-        *SMALL_EVAL,
-    ]
+def _pretrain_args(steps: int | None) -> list[str]:
+    """``rlready pretrain --preset tiny``; with ``steps``, that many steps and a smaller final evaluation."""
+    args = ["pretrain", "--preset", "tiny", "--log.progress", "lines"]
+    return args if steps is None else [*args, "--train.max_steps", str(steps), *SMALL_EVAL]
 
 
 def _rlready(args: list[str], env: dict[str, str], launcher: list[str] | None = None) -> float:
@@ -61,7 +57,7 @@ def _steady_tokens_per_s(run: Path) -> float:
     return statistics.median(rates)
 
 
-def shaped_vs_ce(tmp: Path, env: dict[str, str], steps: int, reps: int) -> dict:
+def shaped_vs_ce(tmp: Path, env: dict[str, str], steps: int | None, reps: int) -> dict:
     base = _pretrain_args(steps)
     _rlready([*base, "--out", str(tmp / "warm")], env)  # tokenizer + token cache, imports warm
     times: dict[str, list[float]] = {"CE": [], "shaped": []}
@@ -72,8 +68,10 @@ def shaped_vs_ce(tmp: Path, env: dict[str, str], steps: int, reps: int) -> dict:
             times[name].append(_rlready([*base, "--out", str(out), *extra], env))
             rates[name].append(_steady_tokens_per_s(out))
     ce, sh = statistics.median(times["CE"]), statistics.median(times["shaped"])
+    steps_run = json.loads((tmp / "CE-0" / "config.json").read_text())["train"]["max_steps"]
     return {
-        "steps": steps,
+        "steps": steps_run,
+        "whole_run": steps is None,
         "wall_s": {"CE": round(ce, 2), "shaped (beta=-0.25, lam_tail=-0.1, k=100)": round(sh, 2)},
         "ratio_wall": round(sh / ce, 3),
         "tokens_per_s": {
@@ -196,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
             "command": "python -m benchmarks.bench_train"
             + (" --quick" if args.quick else f" --steps {steps}"),
         }
-        result["shaped_vs_ce"] = shaped_vs_ce(tmp, env, steps, reps)
+        result["shaped_vs_ce"] = shaped_vs_ce(tmp, env, steps if args.quick else None, reps)
         try:
             hf = hf_trainer_tokens_per_s(tmp, min(steps, 60))
             ours = result["shaped_vs_ce"]["tokens_per_s"]["CE"]

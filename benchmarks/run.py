@@ -45,6 +45,21 @@ def render_loss(r: dict) -> list[str]:
         out += ["| variant | ms | vs F.cross_entropy |", "|---|---|---|"]
         out += [f"| {k} | {v} | {case['ratio'][k]:.2f}x |" for k, v in case["ms"].items()]
         out.append("")
+    if "topk" in r:
+        out += [
+            "Top-k selection (`k = 100`) of one fused-op chunk of 2^20 fp32 logits (`n` rows), "
+            "`torch.topk` vs `rlready.losses.select.grouped_topk`:",
+            "",
+            "| V | n | torch.topk ms | grouped ms | grouped vs torch.topk |",
+            "|---|---|---|---|---|",
+        ]
+        for case in r["topk"]:
+            ms = case["ms"]
+            out.append(
+                f"| {case['V']} | {case['n']} | {ms['torch.topk']} | {ms['grouped']} (g={case['g']}) "
+                f"| {case['ratio']['grouped']:.2f}x |"
+            )
+        out.append("")
     for case in r["memory"]:
         out += [
             f"Extra peak memory of forward + backward, N={case['N']}, H={case['H']}, V={case['V']} (fresh process each):",
@@ -66,8 +81,13 @@ def render_train(r: dict) -> list[str]:
         "",
     ]
     out += ["| measure | value |", "|---|---|"]
+    run = (
+        f"whole `rlready pretrain --preset tiny` run ({s['steps']} steps + final evaluation)"
+        if s.get("whole_run")
+        else f"`rlready pretrain` wall time, {s['steps']} steps"
+    )
     for k, v in s["wall_s"].items():
-        out.append(f"| `rlready pretrain` wall time, {k}, {s['steps']} steps | {v} s |")
+        out.append(f"| {run}, {k} | {v} s |")
     out.append(f"| shaped / CE wall time | {s['ratio_wall']:.3f}x |")
     out.append(f"| steady tokens/s CE / shaped | {s['tokens_per_s']['CE']} / {s['tokens_per_s']['shaped']} |")
     hf = r.get("vs_hf_trainer", {})

@@ -49,7 +49,7 @@ def _chunked(h2, weight, bias, t, w, ignore_index, chunk, *, scale, need_stats, 
         hc = h2[start:end]
         # The matmul runs in the input dtype (bf16 on accelerators), the row math in fp32/fp64.
         z = hc @ weight.T if bias is None else torch.addmm(bias, hc, weight.T)
-        rows = shaped_rows(z.to(cdt), t[start:end], ignore_index, w, need_stats=need_stats)
+        rows = shaped_rows(z.to(cdt), t[start:end], ignore_index, w, need_stats=need_stats, scratch_z=True)
         del z
         loss_rows[start:end] = rows.loss
         if need_stats:

@@ -4,13 +4,16 @@ For one block of logit rows ``z [n, V]`` (already in the compute dtype) it compu
 of passes over ``[n, V]``:
 
 1. ``softmax``                   ``p`` (one fused ATen kernel, also the buffer the gradient is written into);
-2. ``topk``  (only if needed)    the head ``K_t``, when ``lam_head != lam_tail`` or statistics are requested;
+2. ``topk``  (only if needed)    the head ``K_t``, when ``lam_head != lam_tail`` or statistics are requested
+                                 (``select.head_topk``: ``torch.topk``, or on CPU two narrower ones);
 3. ``amax`` of ``z`` and ``p``   only without the head (which holds the row maximum): the log-sum-exp is
                                  ``lse = z_max - log(max p)``, exact to rounding, without a separate
                                  log-sum-exp pass (``max p = 1 / sum exp(z - z_max)``);
 4. (the target gather and everything below are per row or per head entry)
-5. ``vecdot(p, z)`` (if needed)  ``sum_a p_a z_a`` for the tail term of the value and the entropy;
-6. ``sum(z)`` (label smoothing)  for ``sum_a log p_a``.
+5. ``sum(z)`` (label smoothing)  for ``sum_a log p_a``;
+6. ``p . z``  (if needed)        ``sum_a p_a z_a`` for the tail term of the value and the entropy; with
+                                 ``scratch_z`` it is formed in ``z``'s own memory (``z *= p``, then a row sum)
+                                 instead of a new ``[n, V]`` product: ``torch.linalg.vecdot`` allocates one on CPU.
 
 Everything else is per row (``[n]``) or per head entry (``[n, k]``). The logit gradient
 ``dL/dz_j = p_j S - w_j`` is then one in-place scaling of ``p`` plus two scatters (``logit_grad``): every
@@ -26,6 +29,7 @@ from typing import NamedTuple
 import torch
 
 from .schemes import TokenWeighting
+from .select import head_topk
 
 
 class Rows(NamedTuple):
@@ -74,7 +78,9 @@ def shaped_rows(
     w: TokenWeighting,
     *,
     need_stats: bool,
+    scratch_z: bool = False,
 ) -> Rows:
+    """The per-row terms of the shaped loss for logits ``z [n, V]``; ``scratch_z=True`` lets it overwrite ``z``."""
     n, V = z.shape
     valid = targets != ignore_index
     t = torch.where(valid, targets, torch.zeros_like(targets))
@@ -83,10 +89,10 @@ def shaped_rows(
     p = torch.softmax(z, dim=-1)
     need_topk = w.uses_topk or need_stats
     if need_topk:
-        head_z, head_idx = torch.topk(z, min(w.k, V), dim=-1, sorted=False)
+        head_z, head_idx = head_topk(z, min(w.k, V))
         # The row maximum comes with the head: no separate pass over [n, V].
-        top1 = head_z.argmax(dim=-1, keepdim=True)
-        z_max = head_z.gather(1, top1).squeeze(1)
+        z_max, top1 = head_z.max(dim=-1, keepdim=True)
+        z_max = z_max.squeeze(1)
         p_max = p.gather(1, head_idx.gather(1, top1)).squeeze(1)
     else:
         head_idx = None
@@ -110,10 +116,12 @@ def shaped_rows(
         head_mass = head_p.sum(-1)
         in_head = (head_idx == t[:, None]).any(-1)
 
+    # sum_a log p_a = sum_a z_a - V lse (label smoothing), read before z may be overwritten below
+    sum_logp = z.sum(-1) - V * lse if eps != 0.0 else None
     need_entropy = w.lam_tail != 0.0 or need_stats
     if need_entropy:
-        # sum_a p_a log p_a = sum_a p_a z_a - lse  (one fused dot per row)
-        plogp_all = torch.linalg.vecdot(p, z) - lse
+        # sum_a p_a log p_a = sum_a p_a z_a - lse: the last use of z
+        plogp_all = (z.mul_(p).sum(-1) if scratch_z else torch.linalg.vecdot(p, z)) - lse
     target_plogp = p_x * logp_x
 
     if w.uses_topk:
@@ -135,9 +143,8 @@ def shaped_rows(
             loss = loss - lam * (plogp_all - target_plogp)
         lam_x = torch.full_like(p_x, lam)
 
-    if eps != 0.0:
-        # sum_a log p_a = sum_a z_a - V lse
-        loss = loss - (eps / V) * (z.sum(-1) - V * lse)
+    if sum_logp is not None:
+        loss = loss - (eps / V) * sum_logp
 
     stats = None
     if need_stats:
