@@ -6,6 +6,9 @@ Time: forward + backward on fp32 logits ``[N, V]`` (a leaf tensor, as the LM hea
 to ``F.cross_entropy`` measured round-robin in one process. The naive autograd versions (weights built with
 ``log_softmax``/``topk`` and a dense ``[N, V]`` weight matrix) are timed too, for context.
 
+Top-k: ``torch.topk`` vs the grouped selection (``rlready.losses.select``) on one fused-op chunk of 2**20
+logits at V in {2k, 8k, 32k, 152k}, k = 100.
+
 Memory: extra peak resident memory of one forward + backward, each variant in a fresh process. CPU tensors
 have no allocator statistics, so the kernel's high-water mark is used: it is reset once the inputs exist
 (``/proc/self/clear_refs``), then ``VmHWM`` after the backward minus ``VmRSS`` before it is the extra peak.

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 
 from benchmarks.common import machine, write_json
 from rlready.losses import fused_linear_shaped_cross_entropy
+from rlready.losses.fused_linear import default_chunk_size
+from rlready.losses.select import group_size, grouped_topk
 
 
 def variants():
@@ -84,6 +86,38 @@ def case(N: int, H: int, V: int, reps: int) -> dict:
     }
 
 
+def topk_case(N: int, H: int, V: int, k: int, reps: int) -> dict:
+    """``torch.topk`` vs the grouped selection on one fused-op chunk: whether CUDA should take the grouped path
+    too (``rlready.losses.select`` uses it on CPU only, where it was measured)."""
+    n = default_chunk_size(N, V, H)
+    z = torch.randn(n, V, device="cuda") * 2
+    g = max(group_size(V, k), 2)
+    fns = {
+        "torch.topk": lambda: torch.topk(z, k, dim=-1, sorted=False),
+        "grouped": lambda: grouped_topk(z, k, g),
+    }
+    ms: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            ms[name].append(start.elapsed_time(end))
+    med = {name: statistics.median(v) for name, v in ms.items()}
+    return {
+        "n": n,
+        "V": V,
+        "k": k,
+        "g": g,
+        "ms": {name: round(v, 3) for name, v in med.items()},
+        "ratio": {name: round(v / med["torch.topk"], 3) for name, v in med.items()},
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--V", type=int, default=151936)
@@ -99,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": m,
         "command": "python -m benchmarks.bench_loss_gpu " + " ".join(argv or []),
         "cases": [case(int(n), args.H, args.V, args.reps) for n in args.N.split(",")],
+        "topk": [topk_case(int(n), args.H, args.V, 100, 5 * args.reps) for n in args.N.split(",")],
     }
     print(json.dumps(result, indent=2))
     print(f"wrote {write_json('loss_gpu', result)}", file=sys.stderr)

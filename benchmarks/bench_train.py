@@ -58,26 +58,58 @@ def _steady_tokens_per_s(run: Path) -> float:
 
 
 def shaped_vs_ce(tmp: Path, env: dict[str, str], steps: int | None, reps: int) -> dict:
+    """Pairs of runs, CE and shaped back to back, in alternating order so that a drift in the machine's speed
+    (these machines are shared) falls on both; the ratios are medians over the pairs."""
     base = _pretrain_args(steps)
     _rlready([*base, "--out", str(tmp / "warm")], env)  # tokenizer + token cache, imports warm
+    runs = {"CE": [], "shaped": SHAPED}
     times: dict[str, list[float]] = {"CE": [], "shaped": []}
     rates: dict[str, list[float]] = {"CE": [], "shaped": []}
     for rep in range(reps):
-        for name, extra in (("CE", []), ("shaped", SHAPED)):
+        for name in ("CE", "shaped") if rep % 2 == 0 else ("shaped", "CE"):
             out = tmp / f"{name}-{rep}"
-            times[name].append(_rlready([*base, "--out", str(out), *extra], env))
+            times[name].append(_rlready([*base, "--out", str(out), *runs[name]], env))
             rates[name].append(_steady_tokens_per_s(out))
-    ce, sh = statistics.median(times["CE"]), statistics.median(times["shaped"])
     steps_run = json.loads((tmp / "CE-0" / "config.json").read_text())["train"]["max_steps"]
     return {
         "steps": steps_run,
         "whole_run": steps is None,
-        "wall_s": {"CE": round(ce, 2), "shaped (beta=-0.25, lam_tail=-0.1, k=100)": round(sh, 2)},
-        "ratio_wall": round(sh / ce, 3),
+        "pairs": reps,
+        "wall_s": {
+            "CE": round(statistics.median(times["CE"]), 2),
+            "shaped (beta=-0.25, lam_tail=-0.1, k=100)": round(statistics.median(times["shaped"]), 2),
+        },
+        "ratio_wall": round(
+            statistics.median(s / c for s, c in zip(times["shaped"], times["CE"], strict=True)), 3
+        ),
+        "ratio_wall_per_pair": [round(s / c, 3) for s, c in zip(times["shaped"], times["CE"], strict=True)],
         "tokens_per_s": {
             "CE": round(statistics.median(rates["CE"])),
             "shaped": round(statistics.median(rates["shaped"])),
         },
+        "ratio_tokens_per_s": round(
+            statistics.median(c / s for s, c in zip(rates["shaped"], rates["CE"], strict=True)), 3
+        ),
+    }
+
+
+def ours_vs_hf_trainer(tmp: Path, env: dict[str, str], steps: int, reps: int) -> dict:
+    """Steady tokens/s of ``rlready pretrain`` (CE) and of ``Trainer``, in back-to-back pairs of alternating order."""
+    ours: list[float] = []
+    hf: list[float] = []
+    for rep in range(reps):
+        for name in ("ours", "hf") if rep % 2 == 0 else ("hf", "ours"):
+            if name == "hf":
+                hf.append(hf_trainer_tokens_per_s(tmp, steps))
+                continue
+            out = tmp / f"ours-{rep}"
+            _rlready([*_pretrain_args(steps), "--out", str(out)], env)
+            ours.append(_steady_tokens_per_s(out))
+    return {
+        "steps": steps,
+        "ours_tokens_per_s": round(statistics.median(ours)),
+        "hf_trainer_tokens_per_s": round(statistics.median(hf)),
+        "ratio": round(statistics.median(o / h for o, h in zip(ours, hf, strict=True)), 3),
     }
 
 
@@ -185,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="one repetition, shorter runs")
     args = ap.parse_args(argv)
     steps = 40 if args.quick else args.steps
-    reps = 1 if args.quick else 3
+    reps = 1 if args.quick else 5
     tmp = Path(tempfile.mkdtemp(prefix="rlready-bench-"))
     env = dict(os.environ, RLREADY_CACHE=str(tmp / "cache"))
     try:
@@ -196,13 +228,9 @@ def main(argv: list[str] | None = None) -> dict:
         }
         result["shaped_vs_ce"] = shaped_vs_ce(tmp, env, steps if args.quick else None, reps)
         try:
-            hf = hf_trainer_tokens_per_s(tmp, min(steps, 60))
-            ours = result["shaped_vs_ce"]["tokens_per_s"]["CE"]
-            result["vs_hf_trainer"] = {
-                "ours_tokens_per_s": ours,
-                "hf_trainer_tokens_per_s": round(hf),
-                "ratio": round(ours / hf, 3),
-            }
+            result["vs_hf_trainer"] = ours_vs_hf_trainer(
+                tmp, env, min(steps, 60), reps=1 if args.quick else 3
+            )
         except ImportError as err:
             result["vs_hf_trainer"] = {"skipped": f"{err} (pip install accelerate)"}
         write_json("train", result)  # keep what is measured so far

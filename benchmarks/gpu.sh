@@ -25,6 +25,9 @@ active = count_parameters(model)[1]
 peak = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 name = torch.cuda.get_device_name()
 flops = next((v for k, v in peak.items() if k in name), float("nan"))
-print(json.dumps({"gpu": name, "tokens_per_s": tps, "active_params": active, "mfu": 6 * active * tps / flops}))
+result = {"gpu": name, "preset": "dense-1b", "tokens_per_s": round(tps), "active_params": active,
+          "mfu": round(6 * active * tps / flops, 4)}
+from benchmarks.common import write_json
+print(json.dumps(result), "->", write_json("mfu_gpu", result))
 PY
 python -m benchmarks.run --render

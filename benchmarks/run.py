@@ -88,12 +88,18 @@ def render_train(r: dict) -> list[str]:
     )
     for k, v in s["wall_s"].items():
         out.append(f"| {run}, {k} | {v} s |")
-    out.append(f"| shaped / CE wall time | {s['ratio_wall']:.3f}x |")
+    pairs = s.get("ratio_wall_per_pair")
+    per_pair = f" (median of {len(pairs)} back-to-back pairs: {', '.join(map(str, pairs))})" if pairs else ""
+    out.append(f"| shaped / CE wall time | {s['ratio_wall']:.3f}x{per_pair} |")
     out.append(f"| steady tokens/s CE / shaped | {s['tokens_per_s']['CE']} / {s['tokens_per_s']['shaped']} |")
+    if "ratio_tokens_per_s" in s:
+        out.append(f"| steady time per step, shaped / CE | {s['ratio_tokens_per_s']:.3f}x |")
     hf = r.get("vs_hf_trainer", {})
     if "ratio" in hf:
         out.append(
-            f"| tokens/s ours vs HF `Trainer` (same model, data, batch) | {hf['ours_tokens_per_s']} vs {hf['hf_trainer_tokens_per_s']} ({hf['ratio']:.2f}x) |"
+            f"| steady tokens/s ours vs HF `Trainer` (same model, data, batch) "
+            f"| {hf['ours_tokens_per_s']} vs {hf['hf_trainer_tokens_per_s']} (medians); "
+            f"ours / HF per back-to-back pair, median: {hf['ratio']:.3f}x |"
         )
     for k, v in r.get("cli_latency_s", {}).items():
         out.append(f"| {k} | {v} s |")
@@ -131,7 +137,49 @@ def render_profile(r: dict) -> list[str]:
     return out
 
 
-RENDER = {"loss": render_loss, "train": render_train, "rollout": render_rollout, "profile": render_profile}
+def render_loss_gpu(r: dict) -> list[str]:
+    out = ["## Loss on a GPU", "", f"Command: `bash benchmarks/gpu.sh` (`{r['command'].strip()}`)  "]
+    out += [f"Machine: {r['machine']['gpu']}, torch {r['machine']['torch']}", ""]
+    for case in r["cases"]:
+        out += [f"Forward + backward, bf16, N={case['N']}, H={case['H']}, V={case['V']}:", ""]
+        out += [
+            "| variant | ms | vs F.cross_entropy | extra peak MiB | vs F.cross_entropy |",
+            "|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {k} | {v} | {case['time_ratio'][k]:.2f}x | {case['extra_peak_mib'][k]} | {case['memory_ratio'][k]:.3f}x |"
+            for k, v in case["ms"].items()
+        ]
+        out.append("")
+    if "topk" in r:
+        out += ["Top-k selection (`k = 100`) of one fused-op chunk (`n` rows):", ""]
+        out += ["| V | n | torch.topk ms | grouped ms | grouped vs torch.topk |", "|---|---|---|---|---|"]
+        for case in r["topk"]:
+            ms = case["ms"]
+            out.append(
+                f"| {case['V']} | {case['n']} | {ms['torch.topk']} | {ms['grouped']} (g={case['g']}) "
+                f"| {case['ratio']['grouped']:.2f}x |"
+            )
+        out.append("")
+    return out
+
+
+def render_mfu_gpu(r: dict) -> list[str]:
+    out = ["## Pre-training throughput on a GPU", "", "Command: `bash benchmarks/gpu.sh`  "]
+    out += [f"Machine: {r['gpu']}", "", "| measure | value |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in r.items() if k != "gpu"]
+    return out + [""]
+
+
+# Rendered in this order when their JSON exists; the GPU ones come from benchmarks/gpu.sh.
+RENDER = {
+    "loss": render_loss,
+    "loss_gpu": render_loss_gpu,
+    "mfu_gpu": render_mfu_gpu,
+    "train": render_train,
+    "rollout": render_rollout,
+    "profile": render_profile,
+}
 
 
 def render(notes: Path = ROOT / "benchmarks" / "NOTES.md") -> str:
@@ -143,10 +191,10 @@ def render(notes: Path = ROOT / "benchmarks" / "NOTES.md") -> str:
         "`benchmarks/NOTES.md`.",
         "",
     ]
-    for name in SUITE:
+    for name, render_one in RENDER.items():
         r = _load(name)
         if r is not None:
-            parts += RENDER[name](r)
+            parts += render_one(r)
     if notes.is_file():
         parts += [notes.read_text()]
     return "\n".join(parts) + "\n"

@@ -3,20 +3,22 @@
 ``torch.topk`` on CPU copies every row into (value, index) pairs and runs ``nth_element`` on them: for the
 tiny preset (``V = 2048``, ``k = 100``) that is about 4 ns per logit, more than the softmax and the LM-head
 matmul of the same chunk together. ``head_topk`` gives the same result with two much narrower ``topk``
-calls (BENCHMARKS.md, "Top-k"):
+calls (BENCHMARKS.md, the top-k selection table under "Loss"):
 
 1. split the row into ``G = V // g`` strided groups of ``g`` logits (group ``j`` holds columns
    ``j, j + G, j + 2G, ...``) and take each group's maximum: an elementwise max of ``g`` contiguous slices;
 2. ``topk`` of the ``G`` group maxima: the ``k`` best groups;
 3. ``topk`` of the ``k * g`` logits of those groups (plus the ``V - G g`` columns outside every group).
 
-Exact: a logit in the global top-k is at least the k-th largest logit, which is at least the k-th largest
-group maximum, so its group is among the ``k`` best (or, if it ties with the k-th group maximum, any choice
-among the ties is a valid top-k, as with ``torch.topk`` itself). ``g`` is the power of two nearest below
-``sqrt(V / k)``, which balances the two ``topk`` widths ``V / g`` and ``k g``.
+Exact: the k best groups hold k distinct logits at least as large as ``L``, the k-th largest group maximum,
+so the k-th largest logit ``tau`` is at least ``L``. A logit above ``tau`` is then above ``L``, and so is its
+group's maximum: the group is among the k best. Logits equal to ``tau`` fill the rest of the head, and the
+best groups' maxima supply enough of them. The values therefore match ``torch.topk``'s exactly; among tied
+logits either may pick different indices. ``g`` is the largest power of two not above ``sqrt(V / k)``, which
+balances the two ``topk`` widths ``V / g`` and ``k g``.
 
-Only CPU takes the grouped path: CUDA's ``topk`` is a radix select whose cost is not dominated by per-row
-pair sorting, and the grouped form has not been measured there (``benchmarks/gpu.sh`` times both).
+Only CPU takes the grouped path. CUDA's ``topk`` is a radix select with another cost model, and the grouped
+form is unmeasured there (``benchmarks/gpu.sh`` times both).
 """
 
 from __future__ import annotations
