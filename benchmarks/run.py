@@ -35,6 +35,22 @@ def _machine_line(r: dict) -> str:
     return f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, Python {m['python']}, torch {m['torch']}"
 
 
+def _topk_table(title: str, cases: list[dict]) -> list[str]:
+    out = [
+        title,
+        "",
+        "| V | n | torch.topk ms | grouped ms | grouped vs torch.topk |",
+        "|---|---|---|---|---|",
+    ]
+    for case in cases:
+        ms = case["ms"]
+        out.append(
+            f"| {case['V']} | {case['n']} | {ms['torch.topk']} | {ms['grouped']} (g={case['g']}) "
+            f"| {case['ratio']['grouped']:.2f}x |"
+        )
+    return out + [""]
+
+
 def render_loss(r: dict) -> list[str]:
     out = ["## Loss", "", f"Command: `{r['command']}`  ", f"Machine: {_machine_line(r)}", ""]
     for case in r["time"]:
@@ -46,20 +62,11 @@ def render_loss(r: dict) -> list[str]:
         out += [f"| {k} | {v} | {case['ratio'][k]:.2f}x |" for k, v in case["ms"].items()]
         out.append("")
     if "topk" in r:
-        out += [
+        out += _topk_table(
             "Top-k selection (`k = 100`) of one fused-op chunk of 2^20 fp32 logits (`n` rows), "
             "`torch.topk` vs `rlready.losses.select.grouped_topk`:",
-            "",
-            "| V | n | torch.topk ms | grouped ms | grouped vs torch.topk |",
-            "|---|---|---|---|---|",
-        ]
-        for case in r["topk"]:
-            ms = case["ms"]
-            out.append(
-                f"| {case['V']} | {case['n']} | {ms['torch.topk']} | {ms['grouped']} (g={case['g']}) "
-                f"| {case['ratio']['grouped']:.2f}x |"
-            )
-        out.append("")
+            r["topk"],
+        )
     for case in r["memory"]:
         out += [
             f"Extra peak memory of forward + backward, N={case['N']}, H={case['H']}, V={case['V']} (fresh process each):",
@@ -152,15 +159,7 @@ def render_loss_gpu(r: dict) -> list[str]:
         ]
         out.append("")
     if "topk" in r:
-        out += ["Top-k selection (`k = 100`) of one fused-op chunk (`n` rows):", ""]
-        out += ["| V | n | torch.topk ms | grouped ms | grouped vs torch.topk |", "|---|---|---|---|---|"]
-        for case in r["topk"]:
-            ms = case["ms"]
-            out.append(
-                f"| {case['V']} | {case['n']} | {ms['torch.topk']} | {ms['grouped']} (g={case['g']}) "
-                f"| {case['ratio']['grouped']:.2f}x |"
-            )
-        out.append("")
+        out += _topk_table("Top-k selection (`k = 100`) of one fused-op chunk (`n` rows):", r["topk"])
     return out
 
 
