@@ -21,10 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from benchmarks.common import machine, write_json
 
+T = TypeVar("T")
 SHAPED = ["--loss.beta", "-0.25", "--loss.lam_tail", "-0.1", "--loss.k", "100"]
 SMALL_EVAL = [
     "--eval.knowledge_questions",
@@ -57,54 +60,62 @@ def _steady_tokens_per_s(run: Path) -> float:
     return statistics.median(rates)
 
 
+def _alternating_pairs(
+    reps: int, first: Callable[[int], T], second: Callable[[int], T]
+) -> tuple[list[T], list[T]]:
+    """``reps`` back-to-back pairs of ``first(rep)`` and ``second(rep)`` in alternating order, so that a drift in
+    the machine's speed (these machines are shared) falls on both sides; ratios are then taken per pair."""
+    a: list[T] = []
+    b: list[T] = []
+    for rep in range(reps):
+        for results, fn in ((a, first), (b, second)) if rep % 2 == 0 else ((b, second), (a, first)):
+            results.append(fn(rep))
+    return a, b
+
+
 def shaped_vs_ce(tmp: Path, env: dict[str, str], steps: int | None, reps: int) -> dict:
-    """Pairs of runs, CE and shaped back to back, in alternating order so that a drift in the machine's speed
-    (these machines are shared) falls on both; the ratios are medians over the pairs."""
+    """Wall time and steady tokens/s of CE and shaped runs, medians and median ratios over the pairs."""
     base = _pretrain_args(steps)
     _rlready([*base, "--out", str(tmp / "warm")], env)  # tokenizer + token cache, imports warm
-    runs = {"CE": [], "shaped": SHAPED}
-    times: dict[str, list[float]] = {"CE": [], "shaped": []}
-    rates: dict[str, list[float]] = {"CE": [], "shaped": []}
-    for rep in range(reps):
-        for name in ("CE", "shaped") if rep % 2 == 0 else ("shaped", "CE"):
+
+    def run(name: str, extra: list[str]) -> Callable[[int], tuple[float, float]]:
+        def one(rep: int) -> tuple[float, float]:
             out = tmp / f"{name}-{rep}"
-            times[name].append(_rlready([*base, "--out", str(out), *runs[name]], env))
-            rates[name].append(_steady_tokens_per_s(out))
+            return _rlready([*base, "--out", str(out), *extra], env), _steady_tokens_per_s(out)
+
+        return one
+
+    ce, shaped = _alternating_pairs(reps, run("CE", []), run("shaped", SHAPED))
+    wall_ratios = [s[0] / c[0] for s, c in zip(shaped, ce, strict=True)]
     steps_run = json.loads((tmp / "CE-0" / "config.json").read_text())["train"]["max_steps"]
     return {
         "steps": steps_run,
         "whole_run": steps is None,
-        "pairs": reps,
         "wall_s": {
-            "CE": round(statistics.median(times["CE"]), 2),
-            "shaped (beta=-0.25, lam_tail=-0.1, k=100)": round(statistics.median(times["shaped"]), 2),
+            "CE": round(statistics.median(c[0] for c in ce), 2),
+            "shaped (beta=-0.25, lam_tail=-0.1, k=100)": round(statistics.median(s[0] for s in shaped), 2),
         },
-        "ratio_wall": round(
-            statistics.median(s / c for s, c in zip(times["shaped"], times["CE"], strict=True)), 3
-        ),
-        "ratio_wall_per_pair": [round(s / c, 3) for s, c in zip(times["shaped"], times["CE"], strict=True)],
+        "ratio_wall": round(statistics.median(wall_ratios), 3),
+        "ratio_wall_per_pair": [round(r, 3) for r in wall_ratios],
         "tokens_per_s": {
-            "CE": round(statistics.median(rates["CE"])),
-            "shaped": round(statistics.median(rates["shaped"])),
+            "CE": round(statistics.median(c[1] for c in ce)),
+            "shaped": round(statistics.median(s[1] for s in shaped)),
         },
         "ratio_tokens_per_s": round(
-            statistics.median(c / s for s, c in zip(rates["shaped"], rates["CE"], strict=True)), 3
+            statistics.median(c[1] / s[1] for s, c in zip(shaped, ce, strict=True)), 3
         ),
     }
 
 
 def ours_vs_hf_trainer(tmp: Path, env: dict[str, str], steps: int, reps: int) -> dict:
-    """Steady tokens/s of ``rlready pretrain`` (CE) and of ``Trainer``, in back-to-back pairs of alternating order."""
-    ours: list[float] = []
-    hf: list[float] = []
-    for rep in range(reps):
-        for name in ("ours", "hf") if rep % 2 == 0 else ("hf", "ours"):
-            if name == "hf":
-                hf.append(hf_trainer_tokens_per_s(tmp, steps))
-                continue
-            out = tmp / f"ours-{rep}"
-            _rlready([*_pretrain_args(steps), "--out", str(out)], env)
-            ours.append(_steady_tokens_per_s(out))
+    """Steady tokens/s of ``rlready pretrain`` (CE) and of ``Trainer``, in back-to-back pairs."""
+
+    def ours_run(rep: int) -> float:
+        out = tmp / f"ours-{rep}"
+        _rlready([*_pretrain_args(steps), "--out", str(out)], env)
+        return _steady_tokens_per_s(out)
+
+    ours, hf = _alternating_pairs(reps, ours_run, lambda rep: hf_trainer_tokens_per_s(tmp, steps))
     return {
         "steps": steps,
         "ours_tokens_per_s": round(statistics.median(ours)),

@@ -32,8 +32,7 @@ def group_size(V: int, k: int) -> int:
     """``g`` for the grouped selection, or 1 when plain ``torch.topk`` is as good (``V`` too small for ``k``)."""
     if k < 1 or V // k < 4:
         return 1
-    g = 1 << int(math.log2(math.sqrt(V / k)))
-    return g if g >= 2 else 1
+    return 1 << int(math.log2(math.sqrt(V / k)))  # V / k >= 4, so at least 2
 
 
 def grouped_topk(z: torch.Tensor, k: int, g: int) -> tuple[torch.Tensor, torch.Tensor]:
