@@ -3,6 +3,8 @@ tokenizer and token cache per test module. ``env`` reaches the tests as a fixtur
 
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,10 @@ def make_cfg(env: Path, stage: str = "pretrain", **extra: str) -> config.RunConf
     if stage == "midtrain":  # keep the stage's own schedule: no warmup, decay over the whole run
         del overrides["train.warmup_steps"]
     return config.resolve(stage, "tiny", overrides=list(overrides.items()))
+
+
+def venv_script(name: str) -> str:
+    """A console script of this virtual environment (``rlready``, ``torchrun``), found without activating it."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent))
+    assert found, f"{name} is not installed next to {sys.executable}"
+    return found

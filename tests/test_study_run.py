@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from lm_runs import venv_script
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +29,7 @@ FAST = [
 )
 def test_study_runs_every_stage_and_a_rerun_starts_none(tmp_path: Path, launcher: str | None) -> None:
     (tmp_path / "configs.yaml").write_text("- {name: CE}\n- {name: b, beta: -0.25}\n")
-    rlready = shutil.which("rlready", path=str(Path(sys.executable).parent))
-    assert rlready
+    rlready = venv_script("rlready")
     env = {**os.environ, "RLREADY_CACHE": str(tmp_path / "cache")}
     cmd = [rlready, "study", "--out", str(tmp_path / "s"), "--configs", str(tmp_path / "configs.yaml"), *FAST]
     first = subprocess.run(

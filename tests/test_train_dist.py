@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from lm_runs import venv_script
 
 pytestmark = pytest.mark.slow
 
@@ -49,9 +48,7 @@ def test_two_processes_match_one(tmp_path, parallel):
     )
     env = {**os.environ, "RLREADY_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     args = [*ARGS, "--data.tokenizer", str(tmp_path / "tok")]
-    rlready = shutil.which("rlready", path=str(Path(sys.executable).parent))
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    assert rlready and torchrun
+    rlready, torchrun = venv_script("rlready"), venv_script("torchrun")
     one = subprocess.run(
         [rlready, "pretrain", "--out", str(tmp_path / "one"), *args], env=env, capture_output=True, text=True
     )
@@ -72,9 +69,7 @@ def test_fsdp_midtrain_from_init_matches_one_process(tmp_path):
     """``--init DIR`` under FSDP: rank 0 loads the weights, rank 1 builds the skeleton from config.json only."""
     env = {**os.environ, "RLREADY_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     args = [*ARGS, "--data.vocab_size", "512"]
-    rlready = shutil.which("rlready", path=str(Path(sys.executable).parent))
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    assert rlready and torchrun
+    rlready, torchrun = venv_script("rlready"), venv_script("torchrun")
     for cmd in (
         [rlready, "pretrain", "--out", str(tmp_path / "pt"), *args, "--train.max_steps", "3"],
         [rlready, "midtrain", "--init", str(tmp_path / "pt" / "final"), "--out", str(tmp_path / "one"), *args],
@@ -102,9 +97,7 @@ def test_fsdp_run_resumed_after_sigterm_is_bit_identical(tmp_path):
     changed = {"--train.max_steps": "12", "--train.checkpoint_every": "4", "--train.log_every": "1"}
     args = [changed.get(ARGS[i - 1], a) if i else a for i, a in enumerate(ARGS)]
     args += ["--data.tokenizer", str(tmp_path / "tok"), "--train.fsdp", "true"]
-    rlready = shutil.which("rlready", path=str(Path(sys.executable).parent))
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    assert rlready and torchrun
+    rlready, torchrun = venv_script("rlready"), venv_script("torchrun")
 
     def command(out: Path) -> list[str]:
         return [torchrun, "--standalone", "--nproc_per_node", "2", "--no-python", rlready, "pretrain",
