@@ -6,8 +6,9 @@ Time: forward + backward on fp32 logits ``[N, V]`` (a leaf tensor, as the LM hea
 to ``F.cross_entropy`` measured round-robin in one process. The naive autograd versions (weights built with
 ``log_softmax``/``topk`` and a dense ``[N, V]`` weight matrix) are timed too, for context.
 
-Top-k: ``torch.topk`` vs the grouped selection (``rlready.losses.select``) on one fused-op chunk of 2**20
-logits at V in {2k, 8k, 32k, 152k}, k = 100.
+Top-k: ``torch.topk`` vs the grouped selection (``rlready.losses.select``) and the numba head kernel
+(``rlready.losses.head_cpu``: the top-k with the head's sums and the row's ``p . z``, what the loss takes on
+CPU) on one fused-op chunk of 2**20 logits at V in {2k, 8k, 32k, 152k}, k = 100.
 
 Memory: extra peak resident memory of one forward + backward, each variant in a fresh process. CPU tensors
 have no allocator statistics, so the kernel's high-water mark is used: it is reset once the inputs exist
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import interleaved_medians, machine, run_isolated, write_json
-from rlready.losses import fused_linear_shaped_cross_entropy, shaped_cross_entropy
+from rlready.losses import fused_linear_shaped_cross_entropy, select, shaped_cross_entropy
 from rlready.losses.select import group_size, grouped_topk
 
 
@@ -84,19 +85,22 @@ def time_case(N: int, V: int, reps: int) -> dict:
 
 
 def topk_case(V: int, k: int, reps: int) -> dict:
-    """``torch.topk`` vs the grouped selection of ``rlready.losses.select`` on one fused-op chunk of logits."""
+    """``torch.topk`` vs the grouped selection and the head kernel on one fused-op chunk of logits."""
     torch.manual_seed(0)
     n = max(1, 2**20 // V)  # the fused op's smallest chunk: 2**20 logits
     z = torch.randn(n, 128) @ (torch.randn(V, 128) * 0.05).T  # logits shaped like an LM head's
+    p = torch.softmax(z, -1)
+    t = torch.randint(0, V, (n,))
     g = group_size(V, k)
-    med = interleaved_medians(
-        {
-            "torch.topk": lambda: torch.topk(z, k, dim=-1, sorted=False),
-            "grouped": lambda: grouped_topk(z, k, g),
-        },
-        reps,
-        warmup=10,  # the first calls in a process pay for fresh allocations and thread start-up
-    )
+    variants = {
+        "torch.topk": lambda: torch.topk(z, k, dim=-1, sorted=False),
+        "grouped": lambda: grouped_topk(z, k, g),
+    }
+    kernel = select._head_cpu()
+    if kernel is not None:
+        variants["head kernel"] = lambda: kernel(z, p, t, k)
+    # The first calls in a process pay for fresh allocations, thread start-up and loading the compiled kernel.
+    med = interleaved_medians(variants, reps, warmup=10)
     base = med["torch.topk"]
     return {
         "n": n,
@@ -189,11 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  {name:<48} {ms:9.1f} ms   {case['ratio'][name]:.2f}x")
     print("\ntop-k selection, k=100, one chunk of 2**20 logits  (median of interleaved reps)")
     for case in result["topk"]:
-        ms = case["ms"]
-        print(
-            f"  V={case['V']:<7} n={case['n']:<4} torch.topk {ms['torch.topk']:.2f} ms   "
-            f"grouped (g={case['g']}) {ms['grouped']:.2f} ms   {case['ratio']['grouped']:.2f}x"
-        )
+        line = "   ".join(f"{name} {ms:.2f} ms {case['ratio'][name]:.2f}x" for name, ms in case["ms"].items())
+        print(f"  V={case['V']:<7} n={case['n']:<4} g={case['g']:<3} {line}")
     for case in result["memory"]:
         print(f"\nextra peak memory, N={case['N']} H={case['H']} V={case['V']}  (fresh process each)")
         for name, mib in case["extra_peak_mib"].items():

@@ -36,18 +36,21 @@ def _machine_line(r: dict) -> str:
 
 
 def _topk_table(title: str, cases: list[dict]) -> list[str]:
+    names = list(cases[0]["ms"])  # torch.topk first: the ratios are to it
     out = [
         title,
         "",
-        "| V | n | torch.topk ms | grouped ms | grouped vs torch.topk |",
-        "|---|---|---|---|---|",
+        "| V | n | g | "
+        + " | ".join(f"{name} ms" for name in names)
+        + " | "
+        + " | ".join(f"{name} vs torch.topk" for name in names[1:])
+        + " |",
+        "|---" * (3 + 2 * len(names) - 1) + "|",
     ]
     for case in cases:
-        ms = case["ms"]
-        out.append(
-            f"| {case['V']} | {case['n']} | {ms['torch.topk']} | {ms['grouped']} (g={case['g']}) "
-            f"| {case['ratio']['grouped']:.2f}x |"
-        )
+        ms = " | ".join(str(case["ms"][name]) for name in names)
+        ratios = " | ".join(f"{case['ratio'][name]:.2f}x" for name in names[1:])
+        out.append(f"| {case['V']} | {case['n']} | {case['g']} | {ms} | {ratios} |")
     return out + [""]
 
 
@@ -63,8 +66,10 @@ def render_loss(r: dict) -> list[str]:
         out.append("")
     if "topk" in r:
         out += _topk_table(
-            "Top-k selection (`k = 100`) of one fused-op chunk of 2^20 fp32 logits (`n` rows), "
-            "`torch.topk` vs `rlready.losses.select.grouped_topk`:",
+            "Top-k selection (`k = 100`) of one fused-op chunk of 2^20 fp32 logits (`n` rows): `torch.topk`, "
+            "`rlready.losses.select.grouped_topk` (groups of `g`) and the numba head kernel "
+            "(`rlready.losses.head_cpu`: the top-k plus the head's sums and the row's `p . z`, what the loss "
+            "takes on CPU):",
             r["topk"],
         )
     for case in r["memory"]:

@@ -45,7 +45,7 @@ def test_gpu_results_are_rendered_when_present(monkeypatch, tmp_path):
     text = run.render(notes=tmp_path / "none.md")
     assert "## Loss on a GPU" in text and "Machine: NVIDIA H200" in text
     assert "| fused shaped (CE) | 12.5 | 1.25x | 300.0 | 0.075x |" in text
-    assert "| 151936 | 256 | 0.4 | 0.3 (g=32) | 0.75x |" in text
+    assert "| 151936 | 256 | 32 | 0.4 | 0.3 | 0.75x |" in text
     assert "| mfu | 0.303 |" in text
     assert "## Training loop" not in text  # no train.json given
 

@@ -1,7 +1,9 @@
-"""``rlready.losses.select``: the grouped top-k against ``torch.topk``, and the loss on the grouped path.
+"""``rlready.losses.select`` and ``head_cpu``: the head of each row against ``torch.topk``, and the loss on
+each path (the numba kernel, and the ``torch.topk``/grouped path that GPUs and installs without numba take).
 
 A top-k is compared as a set: the values sorted must equal ``torch.topk``'s exactly (ties may pick different
 indices, as ``torch.topk`` itself documents), every index must point at its value, and no index may repeat.
+Sums over the head are compared with float64 sums over ``torch.topk``'s head.
 """
 
 from __future__ import annotations
@@ -10,8 +12,20 @@ import pytest
 import torch
 from test_losses_reference import ref_loss
 
-from rlready.losses import fused_linear_shaped_cross_entropy, shaped_cross_entropy
-from rlready.losses.select import group_size, grouped_topk, head_topk
+from rlready.losses import fused_linear_shaped_cross_entropy, select, shaped_cross_entropy
+from rlready.losses.select import group_size, grouped_topk, head_terms, head_topk
+
+PATHS = ["kernel", "torch"]
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch):
+    """Run the test on the numba kernel (skipped without numba) and on the ``torch.topk`` path."""
+    if request.param == "kernel":
+        pytest.importorskip("numba")
+    else:
+        monkeypatch.setattr(select, "_head_cpu", lambda: None)
+    return request.param
 
 
 def assert_is_topk(z: torch.Tensor, k: int, values: torch.Tensor, idx: torch.Tensor) -> None:
@@ -85,7 +99,7 @@ def test_head_topk_takes_the_grouped_path_on_cpu_only_when_it_helps(monkeypatch)
 
 
 @pytest.mark.parametrize(("lam_head", "lam_tail"), [(0.0, -0.1), (0.1, -0.1), (0.3, 0.0)])
-def test_shaped_loss_on_the_grouped_path_matches_the_reference(lam_head, lam_tail):
+def test_shaped_loss_on_each_path_matches_the_reference(path, lam_head, lam_tail):
     """The tiny preset's shape (V = 2048, k = 100) against plain autograd, fp64, value and gradient."""
     gen = torch.Generator().manual_seed(7)
     N, H, V, k = 96, 16, 2048, 100
@@ -123,3 +137,136 @@ def test_the_logits_op_leaves_its_input_alone(need_stats):
     out = shaped_cross_entropy(z, targets, beta=-0.25, lam_tail=-0.1, k=10, return_stats=need_stats)
     (out[0] if need_stats else out).item()
     assert torch.equal(z, before)
+
+
+# -- head_terms: the kernel and the torch path against torch.topk ------------------------------------------
+
+
+def assert_is_head(z: torch.Tensor, p: torch.Tensor, t: torch.Tensor, k: int, head: select.Head) -> None:
+    """``head`` against ``torch.topk``'s head of ``z``, with float64 sums over it."""
+    assert_is_topk(z, k, z.gather(1, head.idx), head.idx)
+    ref_z, ref_idx = torch.topk(z, k, dim=-1)
+    ref_p = p.gather(1, ref_idx).double()
+    exact = dict(rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(head.p, p.gather(1, head.idx), **exact)
+    tol = dict(rtol=1e-5 if z.dtype == torch.float32 else 1e-12, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(head.mass.double(), ref_p.sum(-1), **tol)
+    torch.testing.assert_close(head.pz.double(), (ref_p * ref_z.double()).sum(-1), **tol)
+    torch.testing.assert_close(head.z_max, z.max(-1).values, **exact)
+    torch.testing.assert_close(head.p_max, p.gather(1, z.argmax(-1, keepdim=True)).squeeze(1), **exact)
+    assert torch.equal(head.in_head, (head.idx == t[:, None]).any(-1))
+    # The target is in the head exactly when it is above the k-th value (ties at it aside).
+    tau, z_t = ref_z[:, -1], z.gather(1, t[:, None]).squeeze(1)
+    clear = z_t != tau
+    assert torch.equal(head.in_head[clear], (z_t > tau)[clear])
+    if head.pz_all is not None:
+        torch.testing.assert_close(head.pz_all.double(), (p.double() * z.double()).sum(-1), **tol)
+
+
+def heads(z: torch.Tensor, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, select.Head]:
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, z.shape[1], (z.shape[0],), generator=gen)
+    p = torch.softmax(z, -1)
+    return p, t, head_terms(z, p, t, k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("n", "V", "k"),
+    [(37, 2048, 100), (16, 2051, 100), (5, 151936, 100), (9, 300, 100), (9, 64, 64), (3, 13, 1), (33, 5, 3)],
+)
+def test_head_terms_equal_torch_topk(path, dtype, n, V, k):
+    gen = torch.Generator().manual_seed(V + k)
+    z = (torch.randn(n, V, generator=gen) * 3).to(dtype)
+    z[0, 0] = z[0].max() + 1.0  # a target at the top of its row
+    p, t, head = heads(z, k)
+    t[0] = 0
+    head = head_terms(z, p, t, k)
+    assert head.in_head[0]
+    assert_is_head(z, p, t, k, head)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_head_terms_on_adversarial_rows(path, dtype):
+    """Rows that defeat the group bound or the bit search: sorted, all equal, integer ties, infinities."""
+    V, k = 2048, 100
+    z = torch.randn(10, V, dtype=torch.float64)
+    z[0] = torch.arange(V)  # the head in the last columns: every candidate group is contiguous
+    z[1] = -torch.arange(V, dtype=torch.float64)
+    z[2] = 1.5  # all tied
+    z[3] = torch.randint(-3, 3, (V,))  # ties across the k-th value
+    z[4] = float("-inf")
+    z[5] = float("-inf")
+    z[5, torch.randperm(V)[: 2 * k]] = torch.randn(2 * k, dtype=torch.float64)
+    z[6, ::7] = float("inf")  # 293 tied +inf: the head is any k of them
+    z[7] = -0.0
+    z[7, ::2] = 0.0  # signed zeros: equal values
+    z[8] = torch.randn(V, dtype=torch.float64) * 1e-40  # subnormal in float32
+    z[9] = torch.randn(V, dtype=torch.float64) * 1e30
+    z = z.to(dtype)
+    with torch.no_grad():
+        p = torch.softmax(z.nan_to_num(nan=0.0), -1)  # a finite p: only the selection is under test here
+    t = torch.randint(0, V, (10,))
+    head = head_terms(z, p, t, k)
+    assert_is_topk(z, k, z.gather(1, head.idx), head.idx)
+    assert torch.equal(head.in_head, (head.idx == t[:, None]).any(-1))
+    torch.testing.assert_close(head.z_max, z.max(-1).values, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_head_terms_rank_nan_first_like_torch_topk(path, dtype):
+    """Positive and negative NaN (``inf - inf`` gives the negative one on x86) both rank above ``+inf``."""
+    V, k = 1024, 20
+    z = torch.randn(4, V, dtype=dtype)
+    z[0, 77] = float("nan")
+    z[1, 5] = torch.tensor(float("inf"), dtype=dtype) - float("inf")
+    z[1, 6] = float("inf")
+    z[2, :] = float("nan")
+    neg_nan = -torch.tensor(float("nan"), dtype=dtype)
+    assert torch.signbit(neg_nan)
+    z[3, 900] = neg_nan
+    p = torch.softmax(z, -1)
+    head = head_terms(z, p, torch.zeros(4, dtype=torch.long), k)
+    assert_is_topk(z, k, z.gather(1, head.idx), head.idx)
+    assert 77 in head.idx[0].tolist() and {5, 6} <= set(head.idx[1].tolist()) and 900 in head.idx[3].tolist()
+    assert bool(head.z_max.isnan()[[0, 1, 2, 3]].all())
+
+
+def test_head_terms_with_no_rows(path):
+    z = torch.zeros(0, 50)
+    head = head_terms(z, z, torch.zeros(0, dtype=torch.long), 5)
+    assert head.idx.shape == head.p.shape == (0, 5) and head.mass.shape == (0,)
+
+
+def test_the_kernel_gives_the_same_head_on_any_number_of_threads():
+    pytest.importorskip("numba")
+    z = torch.randn(100, 2048)  # rows spread over tasks of 16 rows: 6 full tasks and a partial one
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(heads(z, 100)[2])
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_kernel_takes_non_contiguous_rows():
+    pytest.importorskip("numba")
+    z = torch.randn(2048, 40).T  # [40, 2048], column-major
+    assert not z.is_contiguous()
+    p, t, head = heads(z, 100)
+    assert_is_head(z, p, t, 100, head)
+
+
+def test_head_terms_take_the_kernel_on_cpu_floats_only(monkeypatch):
+    pytest.importorskip("numba")
+    calls = []
+    kernel = select._head_cpu()
+    monkeypatch.setattr(select, "_head_cpu", lambda: lambda *a: calls.append(a[0].dtype) or kernel(*a))
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        z = torch.randn(4, 300).to(dtype)
+        head_terms(z, torch.softmax(z, -1), torch.zeros(4, dtype=torch.long), 10)
+    assert calls == [torch.float32, torch.float64]

@@ -4,16 +4,18 @@ For one block of logit rows ``z [n, V]`` (already in the compute dtype) it compu
 of passes over ``[n, V]``:
 
 1. ``softmax``                   ``p`` (one fused ATen kernel, also the buffer the gradient is written into);
-2. ``topk``  (only if needed)    the head ``K_t``, when ``lam_head != lam_tail`` or statistics are requested
-                                 (``select.head_topk``: ``torch.topk``, or on CPU two narrower ones);
+2. the head (only if needed)    ``K_t`` and its sums, when ``lam_head != lam_tail`` or statistics are
+                                 requested (``select.head_terms``: on CPU one numba kernel that also forms
+                                 ``p . z`` of step 6, elsewhere ``torch.topk`` and ``[n, k]`` ops);
 3. ``amax`` of ``z`` and ``p``   only without the head (which holds the row maximum): the log-sum-exp is
                                  ``lse = z_max - log(max p)``, exact to rounding, without a separate
                                  log-sum-exp pass (``max p = 1 / sum exp(z - z_max)``);
 4. (the target gather and everything below are per row or per head entry)
 5. ``sum(z)`` (label smoothing)  for ``sum_a log p_a``;
-6. ``p . z``  (if needed)        ``sum_a p_a z_a`` for the tail term of the value and the entropy; with
-                                 ``scratch_z`` it is formed in ``z``'s own memory (``z *= p``, then a row sum)
-                                 instead of a new ``[n, V]`` product: ``torch.linalg.vecdot`` allocates one on CPU.
+6. ``p . z``  (if needed)        ``sum_a p_a z_a`` for the tail term of the value and the entropy, unless the
+                                 head kernel formed it; with ``scratch_z`` it is formed in ``z``'s own memory
+                                 (``z *= p``, then a row sum) instead of a new ``[n, V]`` product:
+                                 ``torch.linalg.vecdot`` allocates one on CPU.
 
 Everything else is per row (``[n]``) or per head entry (``[n, k]``). The logit gradient
 ``dL/dz_j = p_j S - w_j`` is then one in-place scaling of ``p`` plus two scatters (``logit_grad``): every
@@ -29,7 +31,7 @@ from typing import NamedTuple
 import torch
 
 from .schemes import TokenWeighting
-from .select import head_topk
+from .select import head_terms
 
 
 class Rows(NamedTuple):
@@ -88,14 +90,10 @@ def shaped_rows(
 
     p = torch.softmax(z, dim=-1)
     need_topk = w.uses_topk or need_stats
-    if need_topk:
-        head_z, head_idx = head_topk(z, min(w.k, V))
-        # The row maximum comes with the head: no separate pass over [n, V].
-        z_max, top1 = head_z.max(dim=-1, keepdim=True)
-        z_max = z_max.squeeze(1)
-        p_max = p.gather(1, head_idx.gather(1, top1)).squeeze(1)
+    head = head_terms(z, p, t, min(w.k, V)) if need_topk else None
+    if head is not None:  # the row maximum comes with the head: no separate pass over [n, V]
+        z_max, p_max = head.z_max, head.p_max
     else:
-        head_idx = None
         z_max = z.amax(dim=-1)
         p_max = p.amax(dim=-1)
     lse = z_max - torch.log(p_max)
@@ -110,32 +108,30 @@ def shaped_rows(
     loss = -f_x * logp_x
 
     head_fix = None
-    if need_topk:
-        head_logp = head_z - lse[:, None]
-        head_p = head_logp.exp()
-        head_mass = head_p.sum(-1)
-        in_head = (head_idx == t[:, None]).any(-1)
-
     # sum_a log p_a = sum_a z_a - V lse (label smoothing), read before z may be overwritten below
     sum_logp = z.sum(-1) - V * lse if eps != 0.0 else None
     need_entropy = w.lam_tail != 0.0 or need_stats
     if need_entropy:
         # sum_a p_a log p_a = sum_a p_a z_a - lse: the last use of z
-        plogp_all = (z.mul_(p).sum(-1) if scratch_z else torch.linalg.vecdot(p, z)) - lse
+        if head is not None and head.pz_all is not None:
+            pz_all = head.pz_all
+        else:
+            pz_all = z.mul_(p).sum(-1) if scratch_z else torch.linalg.vecdot(p, z)
+        plogp_all = pz_all - lse
     target_plogp = p_x * logp_x
 
     if w.uses_topk:
-        plogp_head = (head_p * head_logp).sum(-1)
-        x_head = in_head.to(z.dtype)
-        neg_head_mass = head_mass - p_x * x_head
-        neg_tail_mass = (1.0 - head_mass).clamp(min=0.0) - p_x * (1.0 - x_head)
+        plogp_head = head.pz - lse * head.mass  # sum over the head of p_a log p_a
+        x_head = head.in_head.to(z.dtype)
+        neg_head_mass = head.mass - p_x * x_head
+        neg_tail_mass = (1.0 - head.mass).clamp(min=0.0) - p_x * (1.0 - x_head)
         S = S + w.lam_head * neg_head_mass + w.lam_tail * neg_tail_mass
         lam_x = w.lam_tail + (w.lam_head - w.lam_tail) * x_head
         if w.lam_head != 0.0:
             loss = loss - w.lam_head * (plogp_head - x_head * target_plogp)
         if w.lam_tail != 0.0:
             loss = loss - w.lam_tail * (plogp_all - plogp_head - (1.0 - x_head) * target_plogp)
-        head_fix = head_p * (w.lam_tail - w.lam_head)
+        head_fix = head.p * (w.lam_tail - w.lam_head)
     else:
         lam = w.lam_tail  # == lam_head: one weight for every negative, no top-k needed
         if lam != 0.0:
@@ -151,7 +147,7 @@ def shaped_rows(
         vf = valid.to(z.dtype)
         entropy = (-plogp_all).clamp(min=0.0)
         correct = (z_x >= z_max).to(z.dtype)
-        stats = torch.stack([-logp_x, entropy, correct, head_mass, torch.ones_like(p_x)]) * vf
+        stats = torch.stack([-logp_x, entropy, correct, head.mass, torch.ones_like(p_x)]) * vf
 
     zero = torch.zeros((), dtype=z.dtype, device=z.device)
     return Rows(
@@ -161,7 +157,7 @@ def shaped_rows(
         loss=torch.where(valid, loss, zero),
         coef=S - w.lam_tail,
         target_fix=p_x * lam_x - f_x,
-        head_idx=head_idx if w.uses_topk else None,
+        head_idx=head.idx if w.uses_topk else None,
         head_fix=head_fix,
         stats=stats,
     )

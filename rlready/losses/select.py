@@ -1,9 +1,12 @@
-"""Exact per-row top-k of the logits, the head ``K_t`` of the local-entropy terms (PAPER.md §3).
+"""The head ``K_t`` of the local-entropy terms (PAPER.md §3): each row's exact top-k and the sums over it.
+
+``head_terms`` is what the loss calls. On CPU with numba installed it is one compiled kernel
+(``head_cpu``); elsewhere (GPUs, installs without numba) it is ``head_topk`` plus a few ``[n, k]`` ops.
 
 ``torch.topk`` on CPU copies every row into (value, index) pairs and runs ``nth_element`` on them: for the
 tiny preset (``V = 2048``, ``k = 100``) that is about 4 ns per logit, more than the softmax and the LM-head
-matmul of the same chunk together. ``head_topk`` gives the same result with two much narrower ``topk``
-calls (BENCHMARKS.md, the top-k selection table under "Loss"):
+matmul of the same chunk together. Without numba, ``head_topk`` gives the same result on CPU with two much
+narrower ``topk`` calls (BENCHMARKS.md, the top-k selection table under "Loss"):
 
 1. split the row into ``G = V // g`` strided groups of ``g`` logits (group ``j`` holds columns
    ``j, j + G, j + 2G, ...``) and take each group's maximum: an elementwise max of ``g`` contiguous slices;
@@ -23,7 +26,9 @@ form is unmeasured there (``benchmarks/gpu.sh`` times both).
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -56,3 +61,62 @@ def head_topk(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     if g == 1:
         return torch.topk(z, k, dim=-1, sorted=False)
     return grouped_topk(z, k, g)
+
+
+class Head(NamedTuple):
+    """The head ``K_t`` of each row and the sums over it that the loss needs."""
+
+    idx: torch.Tensor  # [n, k] columns of the top-k logits, unordered
+    p: torch.Tensor  # [n, k] their probabilities
+    mass: torch.Tensor  # [n] sum of p over the head
+    pz: torch.Tensor  # [n] sum of p z over the head
+    z_max: torch.Tensor  # [n] the row maximum (it is in the head)
+    p_max: torch.Tensor  # [n] its probability
+    in_head: torch.Tensor  # [n] bool: the target is in the head
+    pz_all: torch.Tensor | None  # [n] sum of p z over the row, when it came for free (the CPU kernel)
+
+
+@functools.cache
+def _head_cpu():
+    """``head_cpu.head_rows``, or None without numba (imported on first use: numba takes a fraction of a second)."""
+    try:
+        from . import head_cpu
+    except ImportError:
+        return None
+    return head_cpu.head_rows
+
+
+@torch.compiler.disable  # a numba call on NumPy views: torch.compile runs it eagerly, between two graphs
+def _head_terms_cpu(z: torch.Tensor, p: torch.Tensor, targets: torch.Tensor, k: int) -> Head | None:
+    if (kernel := _head_cpu()) is None:
+        return None
+    idx, head_p, mass, head_pz, pz_all, top, in_head = kernel(z, p, targets, k)
+    top = top[:, None]
+    return Head(
+        idx, head_p, mass, head_pz, z.gather(1, top).squeeze(1), p.gather(1, top).squeeze(1), in_head, pz_all
+    )
+
+
+def head_terms(z: torch.Tensor, p: torch.Tensor, targets: torch.Tensor, k: int) -> Head:
+    """The head of logit rows ``z [n, V]`` with softmax ``p``, ``targets [n]`` in ``[0, V)``, ``1 <= k <= V``.
+
+    On CPU (float32/float64, numba installed) one kernel computes it all (``head_cpu``); elsewhere
+    ``head_topk`` and a few ``[n, k]`` ops.
+    """
+    if z.device.type == "cpu" and z.dtype in (torch.float32, torch.float64):
+        head = _head_terms_cpu(z, p, targets, k)
+        if head is not None:
+            return head
+    head_z, idx = head_topk(z, k)
+    head_p = p.gather(1, idx)
+    z_max, top = head_z.max(dim=-1, keepdim=True)
+    return Head(
+        idx=idx,
+        p=head_p,
+        mass=head_p.sum(-1),
+        pz=(head_p * head_z).sum(-1),
+        z_max=z_max.squeeze(1),
+        p_max=head_p.gather(1, top).squeeze(1),
+        in_head=(idx == targets[:, None]).any(-1),
+        pz_all=None,
+    )

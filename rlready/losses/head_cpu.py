@@ -1,0 +1,204 @@
+"""The head terms of one block of logit rows on CPU, in one numba kernel (PAPER.md §3).
+
+The shaped loss needs, per row, the top-k set ``K_t`` and a few sums over it. ``torch.topk`` on CPU copies
+every row into (value, index) pairs and runs ``nth_element`` with a NaN-aware comparator: about 2 ns per
+logit per row, so at the tiny preset (``V = 2048``, ``k = 100``) selecting the head costs more than the
+softmax and the LM-head matmul of the same chunk together. No library has a faster exact CPU top-k for
+PyTorch tensors, so this module compiles one with numba (JIT, cached on disk) and computes the head's sums
+in the same passes. Per row, rows spread over ``torch.get_num_threads()`` threads:
+
+1. one pass over the row: the maxima of ``G = V // g`` strided groups (group ``j`` holds columns
+   ``j, j + G, ...``; ``g = V // 2k``, so ``G >= 2k``) and ``sum_a p_a z_a`` (the tail term's dot product);
+2. every logit is compared as an unsigned integer key with the float's order: its bits with the sign bit
+   flipped for non-negatives and all bits flipped for negatives; every NaN maps to the largest key, which is
+   ``torch.topk``'s order (NaN above ``+inf``);
+3. ``L``, a lower bound of the k-th largest group maximum, from a bit-by-bit search over the top bits of
+   the maxima's keys. At least ``k`` groups hold a logit ``>= L``, so the k-th largest logit ``tau`` is
+   ``>= L``;
+4. one pass keeps the logits with key ``>= L`` (on ordinary rows about ``1.3 k`` of them; every logit above
+   ``tau`` is among them), without a branch;
+5. ``tau``'s key: the largest ``t`` with at least ``k`` candidate keys ``>= t``, set bit by bit from the top
+   (one count over the candidates per bit: no sort, no data-dependent branch);
+6. the head: the candidates above ``tau``, then candidates equal to ``tau`` until there are ``k``; with it
+   the head's probabilities, their sum and ``sum p z`` over the head, the row maximum and whether the target
+   is in the head.
+
+The head's values equal ``torch.topk``'s; among logits tied at ``tau`` either may take different indices
+(every term of the loss is the same whichever tied logit is taken). Measured in
+BENCHMARKS.md (the top-k selection table under "Loss").
+
+numba is optional (``pip install "rlready[cpu]"``); without it ``select.head_terms`` uses ``torch.topk``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+# Top bits of the key searched for the bound L (step 3): sign, exponent and the first mantissa bits. Fewer
+# bits make that search cheaper and L lower (more candidates in step 4); L is a valid bound either way.
+_COARSE_BITS = {torch.float32: 16, torch.float64: 20}
+_UINT = {torch.float32: np.uint32, torch.float64: np.uint64}
+_ROWS_PER_TASK = 16
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _key(x, c, nan_row):
+    """Order-preserving unsigned key of the float with bits ``x``; on a ``nan_row`` every NaN gets the largest.
+
+    ``c = (zero, one, sign bit, all ones, bits of +inf, abs mask)`` in ``x``'s type: numba widens mixed
+    signed/unsigned 64-bit integer arithmetic to float, so no literal meets ``x``. Without the NaN test a
+    positive NaN already sorts above ``+inf`` but a negative one (``inf - inf`` on x86) below ``-inf``; the
+    test is left to rows that hold a NaN, because it keeps the loops from being vectorised.
+    """
+    zero, one, sign, ones, inf, absmask = c
+    key = x ^ ones if x & sign else x ^ sign
+    if nan_row:
+        return ones if (x & absmask) > inf else key
+    return key
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _kth_key(keys, n, k, stop, c):
+    """Largest ``t`` with at least ``k`` of ``keys[:n] >= t``, set bit by bit from the top bit down to ``stop``."""
+    zero, one, sign, ones, inf, absmask = c
+    t = zero
+    bit = sign
+    while bit >= stop:
+        cand = t | bit
+        count = 0
+        for j in range(n):
+            count += keys[j] >= cand
+        if count >= k:
+            t = cand
+        bit >>= one
+        if bit == zero:
+            break
+    return t
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _candidates(maxima, row, k, coarse_stop, c, nan_row, max_key, cand_key, cand_col):
+    """Steps 2-4 for one row (``maxima``, ``row``: float bits): the candidates' keys and columns; returns
+    how many there are."""
+    for j in range(maxima.shape[0]):
+        max_key[j] = _key(maxima[j], c, nan_row)
+    bound = _kth_key(max_key, maxima.shape[0], k, coarse_stop, c)
+    m = 0
+    for j in range(row.shape[0]):  # without a branch: every key is written, the count moves on a hit
+        key = _key(row[j], c, nan_row)
+        cand_key[m] = key
+        cand_col[m] = j
+        m += key >= bound
+    return m
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _head_rows(z, bits, p, targets, k, g, coarse_stop, c, fzero, idx, head_p, sums, top, in_head):
+    """Fill ``idx``/``head_p`` ``[n, k]``, ``sums [n, 3]`` (head mass, head ``p z``, row ``p z``), ``top [n]``
+    (a column of the row maximum) and ``in_head [n]`` for rows ``z`` (``bits``: the same memory as uints)."""
+    n, V = z.shape
+    G = V // g
+    tasks = (n + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    for task in numba.prange(tasks):
+        maxima = np.empty(G, dtype=z.dtype)
+        max_key = np.empty(G, dtype=bits.dtype)
+        cand_key = np.empty(V, dtype=bits.dtype)
+        cand_col = np.empty(V, dtype=np.int32)
+        for i in range(task * _ROWS_PER_TASK, min(n, (task + 1) * _ROWS_PER_TASK)):
+            zi, pi, ui = z[i], p[i], bits[i]
+            # Step 1. A float maximum skips NaN (unless the group starts with one): a group's maximum is still
+            # one of its logits, which is all the bound needs.
+            for j in range(G):
+                maxima[j] = zi[j]
+            for s in range(1, g):
+                for j in range(G):
+                    x = zi[s * G + j]
+                    maxima[j] = x if x > maxima[j] else maxima[j]
+            pz = fzero  # in z's dtype, summed in vector lanes (fastmath "reassoc"), as torch's sum does
+            for j in range(V):
+                pz += pi[j] * zi[j]
+            nan_row = pz != pz  # a NaN logit makes p z NaN (so does a NaN p, from a +inf logit)
+            # Steps 2-4. The NaN test is a constant in each call, so each loop is compiled without it or with it.
+            mb = maxima.view(bits.dtype)
+            if nan_row:
+                m = _candidates(mb, ui, k, coarse_stop, c, True, max_key, cand_key, cand_col)
+            else:
+                m = _candidates(mb, ui, k, coarse_stop, c, False, max_key, cand_key, cand_col)
+            tau = _kth_key(cand_key, m, k, c[1], c)  # step 5, down to the last bit
+            # Step 6: above tau, then ties at tau up to k.
+            o = 0
+            best = 0
+            for j in range(m):
+                if cand_key[j] > tau:
+                    idx[i, o] = cand_col[j]
+                    o += 1
+                    if cand_key[j] > cand_key[best]:
+                        best = j
+            for j in range(m):
+                if o == k:
+                    break
+                if cand_key[j] == tau:
+                    idx[i, o] = cand_col[j]
+                    o += 1
+                    if cand_key[j] > cand_key[best]:
+                        best = j
+            mass = 0.0
+            hpz = 0.0
+            hit = False
+            t = targets[i]
+            for o in range(k):
+                col = idx[i, o]
+                pc = pi[col]
+                head_p[i, o] = pc
+                mass += pc
+                hpz += np.float64(pc) * zi[col]
+                hit |= col == t
+            sums[i, 0] = mass
+            sums[i, 1] = hpz
+            sums[i, 2] = pz
+            top[i] = cand_col[best]
+            in_head[i] = hit
+
+
+def head_rows(z: torch.Tensor, p: torch.Tensor, targets: torch.Tensor, k: int):
+    """The head terms of CPU float32/float64 rows ``z [n, V]`` with softmax ``p``, targets in ``[0, V)``.
+
+    Returns ``(idx [n, k], head_p [n, k], mass [n], head_pz [n], pz [n], top [n], in_head [n])``: the head's
+    columns (unordered) and probabilities, their sum, ``sum p z`` over the head and over the row, a column of
+    the row maximum, and whether the target is in the head.
+    """
+    n, V = z.shape
+    z, p = z.detach().contiguous(), p.detach().contiguous()
+    u = _UINT[z.dtype]
+    width = np.dtype(u).itemsize * 8
+    sign = u(1) << u(width - 1)
+    inf_bits = torch.tensor(float("inf"), dtype=z.dtype).view(torch.int32 if width == 32 else torch.int64)
+    c = (u(0), u(1), sign, ~u(0), u(inf_bits.item()), sign - u(1))
+    idx = torch.empty((n, k), dtype=torch.int64)
+    head_p = torch.empty((n, k), dtype=z.dtype)
+    sums = torch.empty((n, 3), dtype=z.dtype)
+    top = torch.empty(n, dtype=torch.int64)
+    in_head = torch.empty(n, dtype=torch.bool)
+    if n:
+        zn = z.numpy()
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        _head_rows(
+            zn,
+            zn.view(u),
+            p.numpy(),
+            targets.detach().contiguous().numpy(),
+            k,
+            max(1, V // (2 * k)),
+            u(1) << u(width - _COARSE_BITS[z.dtype]),
+            c,
+            z.numpy().dtype.type(0),
+            idx.numpy(),
+            head_p.numpy(),
+            sums.numpy(),
+            top.numpy(),
+            in_head.numpy(),
+        )
+    mass, head_pz, pz = sums.unbind(1)
+    return idx, head_p, mass, head_pz, pz, top, in_head
