@@ -40,7 +40,6 @@ import torch
 # bits make that search cheaper and L lower (more candidates in step 4); L is a valid bound either way.
 _COARSE_BITS = {torch.float32: 16, torch.float64: 20}
 _UINT = {torch.float32: np.uint32, torch.float64: np.uint64}
-_ROWS_PER_TASK = 16
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -95,18 +94,20 @@ def _candidates(maxima, row, k, coarse_stop, c, nan_row, max_key, cand_key, cand
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _head_rows(z, bits, p, targets, k, g, coarse_stop, c, fzero, idx, head_p, sums, top, in_head):
+def _head_rows(
+    z, bits, p, targets, k, g, coarse_stop, c, fzero, rows_per_task, idx, head_p, sums, top, in_head
+):
     """Fill ``idx``/``head_p`` ``[n, k]``, ``sums [n, 3]`` (head mass, head ``p z``, row ``p z``), ``top [n]``
     (a column of the row maximum) and ``in_head [n]`` for rows ``z`` (``bits``: the same memory as uints)."""
     n, V = z.shape
     G = V // g
-    tasks = (n + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    tasks = (n + rows_per_task - 1) // rows_per_task
     for task in numba.prange(tasks):
         maxima = np.empty(G, dtype=z.dtype)
         max_key = np.empty(G, dtype=bits.dtype)
         cand_key = np.empty(V, dtype=bits.dtype)
         cand_col = np.empty(V, dtype=np.int32)
-        for i in range(task * _ROWS_PER_TASK, min(n, (task + 1) * _ROWS_PER_TASK)):
+        for i in range(task * rows_per_task, min(n, (task + 1) * rows_per_task)):
             zi, pi, ui = z[i], p[i], bits[i]
             # Step 1. A float maximum skips NaN (unless the group starts with one): a group's maximum is still
             # one of its logits, which is all the bound needs.
@@ -183,7 +184,8 @@ def head_rows(z: torch.Tensor, p: torch.Tensor, targets: torch.Tensor, k: int):
     in_head = torch.empty(n, dtype=torch.bool)
     if n:
         zn = z.numpy()
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(threads)
         _head_rows(
             zn,
             zn.view(u),
@@ -194,6 +196,8 @@ def head_rows(z: torch.Tensor, p: torch.Tensor, targets: torch.Tensor, k: int):
             u(1) << u(width - _COARSE_BITS[z.dtype]),
             c,
             z.numpy().dtype.type(0),
+            # Tasks of up to 16 rows share one set of buffers; with few rows (large V) every thread gets some.
+            max(1, min(16, n // (4 * threads))),
             idx.numpy(),
             head_p.numpy(),
             sums.numpy(),
