@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["shaped_vs_ce"] = shaped_vs_ce(tmp, env, steps if args.quick else None, reps)
         try:
             result["vs_hf_trainer"] = ours_vs_hf_trainer(
-                tmp, env, min(steps, 60), reps=1 if args.quick else 3
+                tmp, env, min(steps, 60), reps=1 if args.quick else 5
             )
         except ImportError as err:
             result["vs_hf_trainer"] = {"skipped": f"{err} (pip install accelerate)"}

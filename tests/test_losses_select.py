@@ -8,6 +8,10 @@ Sums over the head are compared with float64 sums over ``torch.topk``'s head.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from test_losses_reference import ref_loss
@@ -270,3 +274,29 @@ def test_head_terms_take_the_kernel_on_cpu_floats_only(monkeypatch):
         z = torch.randn(4, 300).to(dtype)
         head_terms(z, torch.softmax(z, -1), torch.zeros(4, dtype=torch.long), 10)
     assert calls == [torch.float32, torch.float64]
+
+
+def test_head_terms_take_any_integer_targets(path):
+    z = torch.randn(20, 500)
+    p = torch.softmax(z, -1)
+    t = torch.randint(0, 500, (20,))
+    t[:5] = z[:5].argmax(-1)  # some targets surely in the head
+    expected = head_terms(z, p, t, 30)
+    got = head_terms(z, p, t.to(torch.int32), 30)
+    assert torch.equal(got.in_head, expected.in_head) and bool(got.in_head[:5].all())
+
+
+def test_the_kernel_leaves_pytorch_thread_count_alone():
+    """Starting numba's OpenMP pool sets the thread count PyTorch reads; under torchrun (one thread per
+    process) that oversubscribed the cores. A fresh process, since this one may have started the pool."""
+    pytest.importorskip("numba")
+    code = (
+        "import torch\n"
+        "from rlready.losses import shaped_cross_entropy\n"
+        "z = torch.randn(8, 400)\n"
+        "shaped_cross_entropy(z, torch.zeros(8, dtype=torch.long), lam_tail=-0.1, k=20)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1"]

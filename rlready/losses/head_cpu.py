@@ -7,11 +7,11 @@ softmax and the LM-head matmul of the same chunk together. No library has a fast
 PyTorch tensors, so this module compiles one with numba (JIT, cached on disk) and computes the head's sums
 in the same passes. Per row, rows spread over ``torch.get_num_threads()`` threads:
 
-1. one pass over the row: the maxima of ``G = V // g`` strided groups (group ``j`` holds columns
-   ``j, j + G, ...``; ``g = V // 2k``, so ``G >= 2k``) and ``sum_a p_a z_a`` (the tail term's dot product);
+1. the maxima of ``G = V // g`` strided groups (group ``j`` holds columns ``j, j + G, ...``; ``g = V // 2k``,
+   so ``G >= 2k``), and ``sum_a p_a z_a`` (the tail term's dot product; NaN when the row holds a NaN);
 2. every logit is compared as an unsigned integer key with the float's order: its bits with the sign bit
-   flipped for non-negatives and all bits flipped for negatives; every NaN maps to the largest key, which is
-   ``torch.topk``'s order (NaN above ``+inf``);
+   flipped for non-negatives and all bits flipped for negatives; on rows with a NaN every NaN maps to the
+   largest key, which is ``torch.topk``'s order (NaN above ``+inf``);
 3. ``L``, a lower bound of the k-th largest group maximum, from a bit-by-bit search over the top bits of
    the maxima's keys. At least ``k`` groups hold a logit ``>= L``, so the k-th largest logit ``tau`` is
    ``>= L``;
@@ -24,8 +24,8 @@ in the same passes. Per row, rows spread over ``torch.get_num_threads()`` thread
    is in the head.
 
 The head's values equal ``torch.topk``'s; among logits tied at ``tau`` either may take different indices
-(every term of the loss is the same whichever tied logit is taken). Measured in
-BENCHMARKS.md (the top-k selection table under "Loss").
+(every term of the loss is the same whichever tied logit is taken). Measured in BENCHMARKS.md (the top-k
+selection table under "Loss").
 
 numba is optional (``pip install "rlready[cpu]"``); without it ``select.head_terms`` uses ``torch.topk``.
 """
@@ -40,6 +40,21 @@ import torch
 # bits make that search cheaper and L lower (more candidates in step 4); L is a valid bound either way.
 _COARSE_BITS = {torch.float32: 16, torch.float64: 20}
 _UINT = {torch.float32: np.uint32, torch.float64: np.uint64}
+
+
+def _start_threads() -> None:
+    """Start numba's thread pool, then give PyTorch back its thread count.
+
+    Starting numba's OpenMP pool sets the OpenMP thread count that PyTorch reads to ``NUMBA_NUM_THREADS``
+    (all cores). Left so, two one-thread processes under ``torchrun`` on two cores each ran two PyTorch
+    threads, and the loop ran at a third of its speed.
+    """
+    threads = torch.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # starts the pool
+    torch.set_num_threads(threads)
+
+
+_start_threads()
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -195,7 +210,7 @@ def head_rows(z: torch.Tensor, p: torch.Tensor, targets: torch.Tensor, k: int):
             max(1, V // (2 * k)),
             u(1) << u(width - _COARSE_BITS[z.dtype]),
             c,
-            z.numpy().dtype.type(0),
+            zn.dtype.type(0),
             # Tasks of up to 16 rows share one set of buffers; with few rows (large V) every thread gets some.
             max(1, min(16, n // (4 * threads))),
             idx.numpy(),
