@@ -36,10 +36,30 @@ import numba
 import numpy as np
 import torch
 
+from .select import Head
+
 # Top bits of the key searched for the bound L (step 3): sign, exponent and the first mantissa bits. Fewer
 # bits make that search cheaper and L lower (more candidates in step 4); L is a valid bound either way.
 _COARSE_BITS = {torch.float32: 16, torch.float64: 20}
-_UINT = {torch.float32: np.uint32, torch.float64: np.uint64}
+
+
+def _constants(dtype: torch.dtype) -> tuple:
+    """``(uint type, c, coarse stop bit, float zero)`` for ``dtype``: ``c`` as ``_key`` takes it."""
+    u = {torch.float32: np.uint32, torch.float64: np.uint64}[dtype]
+    width = np.dtype(u).itemsize * 8
+    sign = u(1) << u(width - 1)
+    inf = u(torch.tensor(float("inf"), dtype=dtype).view(torch.int32 if width == 32 else torch.int64).item())
+    c = (u(0), u(1), sign, ~u(0), inf, sign - u(1))
+    fzero = torch.zeros((), dtype=dtype).numpy()[()]
+    return u, c, u(1) << u(width - _COARSE_BITS[dtype]), fzero
+
+
+_CONSTANTS = {dtype: _constants(dtype) for dtype in _COARSE_BITS}
+
+
+def _threads() -> int:
+    """The kernel's threads: PyTorch's, as far as numba's pool has them."""
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
 def _start_threads() -> None:
@@ -50,7 +70,7 @@ def _start_threads() -> None:
     threads, and the loop ran at a third of its speed.
     """
     threads = torch.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # starts the pool
+    numba.set_num_threads(_threads())  # starts the pool
     torch.set_num_threads(threads)
 
 
@@ -109,11 +129,9 @@ def _candidates(maxima, row, k, coarse_stop, c, nan_row, max_key, cand_key, cand
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _head_rows(
-    z, bits, p, targets, k, g, coarse_stop, c, fzero, rows_per_task, idx, head_p, sums, top, in_head
-):
-    """Fill ``idx``/``head_p`` ``[n, k]``, ``sums [n, 3]`` (head mass, head ``p z``, row ``p z``), ``top [n]``
-    (a column of the row maximum) and ``in_head [n]`` for rows ``z`` (``bits``: the same memory as uints)."""
+def _head_rows(z, bits, p, targets, k, g, coarse_stop, c, fzero, rows_per_task, idx, head_p, sums, in_head):
+    """Fill ``idx``/``head_p`` ``[n, k]``, ``sums [n, 5]`` (head mass, head ``p z``, row ``p z``, row maximum and
+    its ``p``) and ``in_head [n]`` for rows ``z`` (``bits``: the same memory as uints)."""
     n, V = z.shape
     G = V // g
     tasks = (n + rows_per_task - 1) // rows_per_task
@@ -174,32 +192,23 @@ def _head_rows(
             sums[i, 0] = mass
             sums[i, 1] = hpz
             sums[i, 2] = pz
-            top[i] = cand_col[best]
+            sums[i, 3] = zi[cand_col[best]]
+            sums[i, 4] = pi[cand_col[best]]
             in_head[i] = hit
 
 
-def head_rows(z: torch.Tensor, p: torch.Tensor, targets: torch.Tensor, k: int):
-    """The head terms of CPU float32/float64 rows ``z [n, V]`` with softmax ``p``, targets in ``[0, V)``.
-
-    Returns ``(idx [n, k], head_p [n, k], mass [n], head_pz [n], pz [n], top [n], in_head [n])``: the head's
-    columns (unordered) and probabilities, their sum, ``sum p z`` over the head and over the row, a column of
-    the row maximum, and whether the target is in the head.
-    """
+def head_rows(z: torch.Tensor, p: torch.Tensor, targets: torch.Tensor, k: int) -> Head:
+    """The head of CPU float32/float64 rows ``z [n, V]`` with softmax ``p``, targets in ``[0, V)``."""
     n, V = z.shape
     z, p = z.detach().contiguous(), p.detach().contiguous()
-    u = _UINT[z.dtype]
-    width = np.dtype(u).itemsize * 8
-    sign = u(1) << u(width - 1)
-    inf_bits = torch.tensor(float("inf"), dtype=z.dtype).view(torch.int32 if width == 32 else torch.int64)
-    c = (u(0), u(1), sign, ~u(0), u(inf_bits.item()), sign - u(1))
+    u, c, coarse_stop, fzero = _CONSTANTS[z.dtype]
     idx = torch.empty((n, k), dtype=torch.int64)
     head_p = torch.empty((n, k), dtype=z.dtype)
-    sums = torch.empty((n, 3), dtype=z.dtype)
-    top = torch.empty(n, dtype=torch.int64)
+    sums = torch.empty((n, 5), dtype=z.dtype)
     in_head = torch.empty(n, dtype=torch.bool)
     if n:
         zn = z.numpy()
-        threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        threads = _threads()
         numba.set_num_threads(threads)
         _head_rows(
             zn,
@@ -208,16 +217,15 @@ def head_rows(z: torch.Tensor, p: torch.Tensor, targets: torch.Tensor, k: int):
             targets.detach().contiguous().numpy(),
             k,
             max(1, V // (2 * k)),
-            u(1) << u(width - _COARSE_BITS[z.dtype]),
+            coarse_stop,
             c,
-            zn.dtype.type(0),
+            fzero,
             # Tasks of up to 16 rows share one set of buffers; with few rows (large V) every thread gets some.
             max(1, min(16, n // (4 * threads))),
             idx.numpy(),
             head_p.numpy(),
             sums.numpy(),
-            top.numpy(),
             in_head.numpy(),
         )
-    mass, head_pz, pz = sums.unbind(1)
-    return idx, head_p, mass, head_pz, pz, top, in_head
+    mass, head_pz, pz_all, z_max, p_max = sums.unbind(1)
+    return Head(idx, head_p, mass, head_pz, z_max, p_max, in_head, pz_all)

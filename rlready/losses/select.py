@@ -88,13 +88,8 @@ def _head_cpu():
 
 @torch.compiler.disable  # a numba call on NumPy views: torch.compile runs it eagerly, between two graphs
 def _head_terms_cpu(z: torch.Tensor, p: torch.Tensor, targets: torch.Tensor, k: int) -> Head | None:
-    if (kernel := _head_cpu()) is None:
-        return None
-    idx, head_p, mass, head_pz, pz_all, top, in_head = kernel(z, p, targets, k)
-    top = top[:, None]
-    return Head(
-        idx, head_p, mass, head_pz, z.gather(1, top).squeeze(1), p.gather(1, top).squeeze(1), in_head, pz_all
-    )
+    kernel = _head_cpu()
+    return None if kernel is None else kernel(z, p, targets, k)
 
 
 def head_terms(z: torch.Tensor, p: torch.Tensor, targets: torch.Tensor, k: int) -> Head:
