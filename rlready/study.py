@@ -20,11 +20,13 @@ the same GRPO for every configuration, so differences after RL come from the pri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -34,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from rlready.config import ConfigError
+from rlready.errors import Interrupted
+from rlready.train import rundir
 from rlready.train.rundir import is_finished
 
 STAGE_ORDER = ("pretrain", "midtrain", "rl")
@@ -193,6 +197,47 @@ def stage_threads(cores: int, parallel: int, runnable: int) -> int:
     return max(1, cores // max(1, min(parallel, runnable)))
 
 
+class Stages:
+    """The stage processes running now, and the signal that stops the study.
+
+    SIGTERM/SIGINT to the study are forwarded to every running stage (each in its own session, so a
+    terminal's Ctrl-C reaches it once, through here), which checkpoints and exits; no new stage starts. A
+    stage also ends if the study dies without forwarding anything (SIGKILL): ``RLREADY_PARENT_PID`` makes it
+    ask the kernel for SIGTERM when its parent goes (``rlready.train.loop.die_with_parent``).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+
+    def run(self, cmd: list[str], log, env: dict[str, str]) -> int:
+        with self._lock:
+            if self.signum is not None:
+                return -self.signum
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=dict(env, RLREADY_PARENT_PID=str(os.getpid())),
+                start_new_session=True,
+            )
+            self._procs.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            with self._lock:
+                self._procs.discard(proc)
+
+    def forward(self, signum: int, _frame: Any = None) -> None:
+        with self._lock:
+            self.signum = signum
+            for proc in self._procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signum)  # the stage and, under a launcher, its workers
+
+
 def _run_stage(
     job: Job,
     stage: str,
@@ -201,6 +246,7 @@ def _run_stage(
     threads: int,
     progress: Progress,
     debug: bool,
+    stages: Stages,
     launcher: list[str] | None = None,
 ) -> None:
     out = job.stage_dir(stage)
@@ -214,9 +260,9 @@ def _run_stage(
     cmd = job.command(stage, preset, extra, launcher) + (["--debug"] if debug else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with log.open("a") as f:
-        rc = subprocess.run(
-            cmd, stdout=f, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
-        ).returncode
+        rc = stages.run(cmd, f, env)
+    if stages.signum is not None:
+        raise Interrupted(f"{job.label}: {stage} stopped (exit {rc}; log: {log})")
     if rc != 0:
         tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
         raise RuntimeError(f"{job.label}: {stage} failed (exit {rc}): {tail[0] if tail else ''} (log: {log})")
@@ -271,22 +317,50 @@ def schedule(jobs: list[Job], parallel: int, run) -> None:
         raise errors[0]
 
 
-def _check_study_file(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
+def _study_state(out: Path, settings: dict[str, Any], overwrite: bool) -> str:
+    """Read-only check of the study directory: ``"new"``, ``"resume"`` or ``"replace"``; ConfigError if
+    refused (the same rules as a stage's run directory, rlready/train/rundir.py)."""
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} exists and is not a directory")
+    if not rundir.entries(out):
+        return "new"
     path = out / "study.json"
-    if out.is_dir() and any(out.iterdir()):
-        if not path.is_file():
-            raise ConfigError(
-                f"--out {str(out)!r} is not empty and holds no rlready study (use another directory)"
-            )
+    if not path.is_file():
+        if overwrite:
+            rundir.check_replaceable(out, ("study",), "a study")  # raises: a study always has study.json
+        raise ConfigError(
+            f"--out {str(out)!r} is not empty and holds no rlready study (use another directory)"
+        )
+    try:
         previous = json.loads(path.read_text())
-        if previous != settings and not overwrite:
-            raise ConfigError(
-                f"--out {str(out)!r} holds a study with other settings; use another directory or --overwrite"
-            )
-        if previous != settings and overwrite:
-            shutil.rmtree(out)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        if not overwrite:
+            raise ConfigError(f"{path}: unreadable study settings ({err}); use another directory") from None
+        previous = None
+    if previous == settings:
+        return "resume"
+    if overwrite:
+        rundir.check_replaceable(out, ("study",), "a study")
+        return "replace"
+    raise ConfigError(
+        f"--out {str(out)!r} holds a study with other settings; use another directory or --overwrite"
+    )
+
+
+def _claim_study(out: Path, settings: dict[str, Any], overwrite: bool) -> rundir.RunLock:
+    """Lock the study directory for this process and set it up; nothing is written before the checks pass."""
+    _study_state(out, settings, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    lock = rundir.RunLock(out)
+    try:
+        if _study_state(out, settings, overwrite) == "replace":  # again under the lock
+            rundir.clear(out)
+        rundir.write_marker(out, "study")
+        rundir.write_json(out / "study.json", settings)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def run_study(
@@ -338,7 +412,20 @@ def run_study(
             ],
         )
     settings = {"preset": preset, "seeds": seeds, "configs": [asdict(c) for c in configs], "overrides": extra}
-    _check_study_file(out, settings, overwrite)
+    with _claim_study(out, settings, overwrite):
+        return _run_jobs(out, configs, seeds, preset, extra, jobs, launch, debug)
+
+
+def _run_jobs(
+    out: Path,
+    configs: list[StudyConfig],
+    seeds: int,
+    preset: str,
+    extra: list[str],
+    jobs: int | None,
+    launch: list[str] | None,
+    debug: bool,
+) -> dict[str, Any]:
 
     runs = [Job(c, s, out / "runs" / f"{c.name}-s{s}") for c in configs for s in range(seeds)]
     cores = usable_cores()
@@ -349,13 +436,39 @@ def run_study(
         f"study of {len(configs)} configurations x {seeds} seeds on preset {preset!r}: {parallel} in parallel on {cores} cores"
     )
     t0 = time.perf_counter()
-    schedule(
-        runs,
-        parallel,
-        lambda job, stage, runnable: _run_stage(
-            job, stage, preset, extra, stage_threads(cores, parallel, runnable), progress, debug, launch
-        ),
+    stages = Stages()
+    previous = (
+        {s: signal.signal(s, stages.forward) for s in (signal.SIGTERM, signal.SIGINT)}
+        if threading.current_thread() is threading.main_thread()  # only there can Python handle signals
+        else {}
     )
+    try:
+        schedule(
+            runs,
+            parallel,
+            lambda job, stage, runnable: _run_stage(
+                job,
+                stage,
+                preset,
+                extra,
+                stage_threads(cores, parallel, runnable),
+                progress,
+                debug,
+                stages,
+                launch,
+            ),
+        )
+    except Exception:
+        if stages.signum is None:
+            raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stages.signum is not None:  # every running stage has checkpointed and ended
+        raise Interrupted(
+            f"study interrupted by {signal.Signals(stages.signum).name}; its running stages checkpointed; "
+            "run the same command to resume"
+        )
     from rlready.report.summary import collect
 
     summary = collect(out, runs)

@@ -330,6 +330,40 @@ def test_finished_run_is_not_retrained(finished_run: Path, tiny_model: Path) -> 
         rl.run(other, finished_run)
 
 
+def _tree(root: Path) -> dict[str, tuple[int, bytes]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_overwrite_with_bad_input_leaves_a_finished_run_untouched(
+    finished_run: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run, out)
+    before = _tree(out)
+    bad_jsonl = tmp_path / "bad.jsonl"
+    bad_jsonl.write_text('{"question": "1+1?", "answer": "2"}\n{oops\n')
+    bad_init = tmp_path / "gpt2ish"
+    bad_init.mkdir()
+    (bad_init / "config.json").write_text('{"model_type": "qwen3"}')
+    for key, value in (
+        ("rl.data", str(tmp_path / "nope.jsonl")),
+        ("rl.data", str(bad_jsonl)),
+        ("model.init", str(bad_init)),
+    ):
+        cfg = config.resolve("rl", "tiny", overrides=[*_RUN, ("model.init", str(tiny_model)), (key, value)])
+        with pytest.raises(ValueError):
+            rl.run(cfg, out, overwrite=True)
+        assert _tree(out) == before, (key, value)
+        with pytest.raises(ValueError):
+            rl.run(cfg, tmp_path / "new")
+        assert not (tmp_path / "new").exists(), (key, value)
+
+
 # -- configuration and CLI ----------------------------------------------------------------------------------
 
 

@@ -261,9 +261,9 @@ def test_finished_stages_are_skipped_without_a_process(
     def no_process(*args, **kwargs):  # noqa: ANN002, ANN003
         raise AssertionError("a finished stage must not start a process")
 
-    monkeypatch.setattr(study.subprocess, "run", no_process)
+    monkeypatch.setattr(study.subprocess, "Popen", no_process)
     progress = study.Progress(total=3, done=0)
-    study._run_stage(job, "pretrain", "tiny", [], 1, progress, False)
+    study._run_stage(job, "pretrain", "tiny", [], 1, progress, False, study.Stages())
     assert progress.done == 1
     with pytest.raises(AssertionError, match="must not start"):
-        study._run_stage(job, "midtrain", "tiny", [], 1, progress, False)
+        study._run_stage(job, "midtrain", "tiny", [], 1, progress, False, study.Stages())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,6 @@ def test_finished_run_is_not_retrained(pretrained, env, monkeypatch):
 
 
 def test_different_configuration_is_refused_and_overwrite_replaces(pretrained, env, tmp_path):
-    import shutil
 
     out = tmp_path / "copy"
     shutil.copytree(pretrained[0], out)
@@ -243,7 +243,6 @@ def test_resume_never_unpickles_a_planted_optimizer_state(env, tmp_path):
 
 
 def test_init_never_unpickles_planted_weights(pretrained, env, tmp_path):
-    import shutil
 
     init, marker = tmp_path / "init", tmp_path / "PWNED"
     shutil.copytree(pretrained[0] / "final", init)
@@ -308,3 +307,55 @@ def test_midtrain_needs_init(env, tmp_path):
     with pytest.raises(config.ConfigError, match="--init"):
         lm.run(make_cfg(env, "midtrain"), tmp_path / "mid")
     assert not (tmp_path / "mid").exists()
+
+
+# -- nothing is touched before every input is checked ------------------------------------------------------
+
+
+def _bad_data(tmp_path: Path) -> dict[str, Path]:
+    good = json.dumps({"text": "The cat sat on the mat. " * 40})
+    files = {
+        "bad JSON on line 2": ("data.jsonl", good + "\n{not json\n"),
+        "a non-string text on line 2": ("data2.jsonl", good + "\n" + json.dumps({"text": 7}) + "\n"),
+        "too little text": ("tiny.txt", "a b c\n"),
+    }
+    paths = {}
+    for why, (name, text) in files.items():
+        paths[why] = tmp_path / name
+        paths[why].write_text(text)
+    return paths
+
+
+def test_overwrite_with_bad_data_leaves_a_finished_run_untouched(pretrained, env, tmp_path):
+
+    out = tmp_path / "copy"
+    shutil.copytree(pretrained[0], out)
+    before = tree(out)
+    for why, path in _bad_data(tmp_path).items():
+        cfg = make_cfg(env, **{"data.path": str(path), "data.tokenizer": "", "train.max_steps": "2"})
+        with pytest.raises(ValueError):
+            lm.run(cfg, out, overwrite=True)
+        assert tree(out) == before, why
+
+
+def test_bad_data_leaves_no_trace_that_blocks_the_corrected_command(env, tmp_path):
+    out = tmp_path / "run"
+    for why, path in _bad_data(tmp_path).items():
+        cfg = make_cfg(env, **{"data.path": str(path), "data.tokenizer": "", "train.max_steps": "2"})
+        with pytest.raises(ValueError):
+            lm.run(cfg, out)
+        assert not out.exists(), why
+    lm.run(make_cfg(env, **{"train.max_steps": "2"}), out)
+    assert (out / "eval.json").is_file()
+
+
+def test_a_bad_init_leaves_no_trace(pretrained, env, tmp_path):
+    init = tmp_path / "damaged"
+
+    shutil.copytree(pretrained[0] / "final", init)
+    weights = init / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated
+    out = tmp_path / "mid"
+    with pytest.raises(ValueError, match="model.safetensors"):
+        lm.run(make_cfg(env, "midtrain", **{"model.init": str(init)}), out)
+    assert not out.exists()

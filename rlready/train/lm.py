@@ -12,8 +12,8 @@ reasoning-heavy mix of the synthetic world.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +29,8 @@ from rlready.errors import Interrupted, TrainingError
 from rlready.losses import TokenWeighting, fused_linear_shaped_cross_entropy, parse_schedule
 from rlready.train import checkpoint, dist
 from rlready.train.logger import RunLogger
-from rlready.train.rundir import check_run_dir, prepare, write_json
+from rlready.train.loop import StopFlag
+from rlready.train.rundir import RunLock, check_run_dir, claim, write_json
 from rlready.train.schedule import wsd_lr
 
 # -- data -------------------------------------------------------------------------------------------------
@@ -41,6 +42,7 @@ class LMData:
     train: np.ndarray
     heldout: np.ndarray
     world: Any  # the synthetic World, or None for real data
+    trained_tokenizer: bool = False  # trained by this run: saved into its directory
 
 
 def cache_dir(cfg: RunConfig) -> Path:
@@ -103,7 +105,12 @@ def world_config(cfg: RunConfig) -> Any:
     return WorldConfig(seed=cfg.data.world_seed, reasoning=difficulty)
 
 
-def load_data(cfg: RunConfig, out: Path, d: dist.Dist, inputs: Inputs) -> LMData:
+def load_data(cfg: RunConfig, resumed: Path | None, d: dist.Dist, inputs: Inputs) -> LMData:
+    """Tokenizer, training tokens and held-out tokens, without writing to the run directory.
+
+    Every document is read (and tokenized into the cache) here, so bad data fails before ``--out`` is
+    touched. ``resumed`` is the directory of the run being resumed, whose tokenizer is reused.
+    """
     from rlready.data import shards, tokenizer, world
 
     stage = "midtrain" if cfg.stage == "midtrain" else "pretrain"
@@ -119,19 +126,19 @@ def load_data(cfg: RunConfig, out: Path, d: dist.Dist, inputs: Inputs) -> LMData
         def documents():
             return the_world.documents(stage, n_chars=cfg.data.world_chars)
 
-    tok_dir = out / "tokenizer"
+    trained = False
     if inputs.tokenizer is not None:
         tok = inputs.tokenizer
     elif cfg.model.init and (Path(cfg.model.init) / "tokenizer.json").is_file():
         tok = tokenizer.load_tokenizer(cfg.model.init)
-    elif (tok_dir / "tokenizer.json").is_file():
-        tok = tokenizer.load_tokenizer(tok_dir)  # trained by an earlier attempt of this run
+    elif resumed is not None and (resumed / "tokenizer" / "tokenizer.json").is_file():
+        tok = tokenizer.load_tokenizer(resumed / "tokenizer")  # trained by an earlier attempt of this run
     else:
-        if d.is_main:
-            tok = tokenizer.train_tokenizer(documents(), cfg.data.vocab_size)
-            tokenizer.save_tokenizer(tok, tok_dir)
-        dist.barrier(d)
-        tok = tokenizer.load_tokenizer(tok_dir)
+        # Rank 0 trains it (in memory: it is saved with the run once --out is claimed) and sends it round.
+        tok = dist.broadcast_object(
+            tokenizer.train_tokenizer(documents(), cfg.data.vocab_size) if d.is_main else None, d
+        )
+        trained = True
 
     if d.is_main:  # rank 0 fills the cache, the others then map it
         tokens = shards.cached_tokens(documents(), tok, cache_dir(cfg), identity)
@@ -152,7 +159,7 @@ def load_data(cfg: RunConfig, out: Path, d: dist.Dist, inputs: Inputs) -> LMData
         if n_eval < cfg.data.seq_len + 1:
             raise ConfigError(f"data.path {cfg.data.path!r} is too small: {len(tokens)} tokens")
         train, heldout = tokens[:-n_eval], np.asarray(tokens[-n_eval:], dtype=np.int64)
-    return LMData(tok, train, heldout, the_world)
+    return LMData(tok, train, heldout, the_world, trained)
 
 
 # -- model ------------------------------------------------------------------------------------------------
@@ -224,26 +231,6 @@ def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
 # -- the loop ---------------------------------------------------------------------------------------------
 
 
-class _StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop finishes the current step, checkpoints and exits."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for s in (signal.SIGTERM, signal.SIGINT):
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        self.signum = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
 def run(cfg: RunConfig, out: Path, *, overwrite: bool = False) -> dict[str, Any]:
     """Train (or resume, or skip when finished) one pre-/mid-training run in ``out``; returns eval.json."""
     from transformers.utils import logging as hf_logging
@@ -251,42 +238,83 @@ def run(cfg: RunConfig, out: Path, *, overwrite: bool = False) -> dict[str, Any]
     # transformers draws its own bars for loading and saving weights; they would break the one-line error
     # contract on stderr and interleave with the stage's progress, which already says where the run is.
     hf_logging.disable_progress_bar()
-    d = dist.init()
-    try:
-        return _run(cfg, out, d, overwrite)
-    finally:
-        dist.close(d)
+    with StopFlag() as stop:
+        d = dist.init()
+        try:
+            setup = _setup(cfg, out, d, overwrite)
+            if isinstance(setup, dict):  # finished earlier: its evaluation
+                return setup
+            with setup.lock or contextlib.nullcontext():
+                return _train(cfg, out, d, setup, stop)
+        finally:
+            dist.close(d)
 
 
-def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, Any]:
-    import json
+@dataclass
+class _Setup:
+    inputs: Inputs
+    data: LMData
+    model_device: torch.device
+    lock: RunLock | None  # held by rank 0 for the run's lifetime
 
+
+def _check_settings(cfg: RunConfig, world_size: int) -> None:
     if cfg.stage == "midtrain" and not cfg.model.init:
         raise ConfigError("midtrain needs --init MODEL_DIR (a pre-trained model)")
     if cfg.model.init and not Path(cfg.model.init).is_dir():
         raise ConfigError(f"--init {cfg.model.init!r} does not exist or is not a directory")
-    # Read-only checks first: a refused --out or a bad input leaves everything on disk as it was.
-    if check_run_dir(out, cfg, overwrite=overwrite):
-        return json.loads((out / "eval.json").read_text())
-    # Under FSDP the whole model lives on rank 0 only (see dist.model_device).
-    model_device = dist.model_device(d, fsdp=cfg.train.fsdp)
-    inputs = check_inputs(cfg, model_device)
-    prepare(out, cfg, overwrite=overwrite, is_main=d.is_main)
-    dist.barrier(d)
-
     tc = cfg.train
-    world_size = d.world_size
     if tc.batch_size % world_size:
         raise ConfigError(
             f"train.batch_size ({tc.batch_size}) must be divisible by the {world_size} processes"
         )
     per_rank = tc.batch_size // world_size
-    micro = min(tc.micro_batch, per_rank)
-    if per_rank % micro:
-        raise ConfigError(f"per-process batch {per_rank} must be a multiple of train.micro_batch ({micro})")
+    if per_rank % min(tc.micro_batch, per_rank):
+        raise ConfigError(
+            f"per-process batch {per_rank} must be a multiple of train.micro_batch ({tc.micro_batch})"
+        )
 
-    data = load_data(cfg, out, d, inputs)
-    model = load_or_build_model(cfg, data.tokenizer, model_device, inputs.init_model)
+
+def _setup(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> _Setup | dict[str, Any]:
+    """Everything that can fail on bad input, then ``--out`` claimed: until then nothing is written there."""
+    _check_settings(cfg, d.world_size)
+    state = check_run_dir(out, cfg, overwrite=overwrite)
+    if state == "finished":
+        return json.loads((out / "eval.json").read_text())
+    # Under FSDP the whole model lives on rank 0 only (see dist.model_device).
+    model_device = dist.model_device(d, fsdp=cfg.train.fsdp)
+    inputs = check_inputs(cfg, model_device)
+    data = load_data(cfg, out if state == "resume" else None, d, inputs)
+    lock, error = None, None
+    if d.is_main:
+        try:
+            lock = claim(out, cfg, overwrite=overwrite)
+            if lock is not None and data.trained_tokenizer:
+                from rlready.data.tokenizer import save_tokenizer
+
+                save_tokenizer(data.tokenizer, out / "tokenizer")
+        except (ConfigError, OSError) as err:
+            if not d.enabled:
+                raise
+            error = str(err)
+    # Rank 0's outcome for every rank, so that a refused --out ends every process with the same message.
+    error, finished = dist.broadcast_object((error, d.is_main and lock is None and error is None), d)
+    if error is not None:
+        if lock is not None:
+            lock.release()
+        raise ConfigError(error)
+    if finished:  # another process finished this run while the inputs were read
+        return json.loads((out / "eval.json").read_text())
+    return _Setup(inputs, data, model_device, lock)
+
+
+def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFlag) -> dict[str, Any]:
+    tc = cfg.train
+    world_size = d.world_size
+    per_rank = tc.batch_size // world_size
+    micro = min(tc.micro_batch, per_rank)
+    model_device, data = setup.model_device, setup.data
+    model = load_or_build_model(cfg, data.tokenizer, model_device, setup.inputs.init_model)
     from rlready.data.loader import PackedBatches
 
     loader = PackedBatches(
@@ -365,7 +393,8 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
         dist.barrier(d)
 
     # closing(): the logger is closed (files flushed, wandb finished) however the loop ends, errors included.
-    with _StopFlag() as stop, contextlib.closing(logger):
+    stop.phase = "training"
+    with stop.deferred(), contextlib.closing(logger):
         while step < tc.max_steps:
             progress = step / max(1, tc.max_steps)
             weighting = TokenWeighting(
@@ -463,6 +492,7 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
                         else "last good checkpoint kept"
                     )
                     raise Interrupted(f"interrupted at step {step}; {where}; run the same command to resume")
+    stop.phase = "the final export and evaluation"
     return _finish(cfg, out, model, data, d, step, tokens_seen)
 
 

@@ -44,9 +44,10 @@ from rlready.rl.loss import policy_loss
 from rlready.rl.rollout import Completion, RolloutBackend, make_backend
 from rlready.rl.sampling import collect_informative_groups
 from rlready.train import checkpoint, dist
-from rlready.train.lm import Interrupted, _StopFlag, load_or_build_model, make_optimizer
+from rlready.train.lm import Interrupted, load_or_build_model, make_optimizer
 from rlready.train.logger import RunLogger
-from rlready.train.rundir import prepare, write_json
+from rlready.train.loop import StopFlag
+from rlready.train.rundir import RunLock, check_run_dir, claim, write_json
 
 # -- tasks and rewards --------------------------------------------------------------------------------------
 
@@ -283,28 +284,58 @@ def evaluate(backend: RolloutBackend, scorer: Any, tasks: Sequence[Task], cfg: R
 
 def run(cfg: RunConfig, out: Path, *, overwrite: bool = False) -> dict[str, Any]:
     """Train (or resume, or skip when finished) one RL run in ``out``; returns eval.json."""
-    d = dist.init()
-    try:
-        if d.enabled:
-            raise ConfigError("rlready rl runs in one process; use --rl.backend vllm for fast GPU rollouts")
-        return _run(cfg, out, d, overwrite)
-    finally:
-        dist.close(d)
+    with StopFlag() as stop:
+        d = dist.init()
+        try:
+            if d.enabled:
+                raise ConfigError(
+                    "rlready rl runs in one process; use --rl.backend vllm for fast GPU rollouts"
+                )
+            setup = _setup(cfg, out, d, overwrite)
+            if isinstance(setup, dict):  # finished earlier: its evaluation
+                return setup
+            with setup.lock:
+                return _train(cfg, out, d, setup, stop)
+        finally:
+            dist.close(d)
 
 
-def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, Any]:
+@dataclass
+class _Setup:
+    train_tasks: list[Task]
+    eval_tasks: list[Task]
+    tok: Any
+    model: nn.Module
+    reward: Any
+    lock: RunLock
+
+
+def _setup(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> _Setup | dict[str, Any]:
+    """Every input checked (tasks, tokenizer, ``--init`` model, reward), then ``--out`` claimed: until then
+    nothing is written there."""
     from rlready.data.tokenizer import load_tokenizer
-    from rlready.models import save_model
-    from rlready.rl.rewards import RewardScorer, get_reward
+    from rlready.rl.rewards import get_reward
 
-    rc, tc = cfg.rl, cfg.train
     if not cfg.model.init or not Path(cfg.model.init).is_dir():
         raise ConfigError(f"rl needs --init MODEL_DIR (a mid-trained model), got {cfg.model.init!r}")
-    if prepare(out, cfg, overwrite=overwrite):
+    if check_run_dir(out, cfg, overwrite=overwrite) == "finished":
         return json.loads((out / "eval.json").read_text())
     train_tasks, eval_tasks = load_tasks(cfg)
     tok = load_tokenizer(cfg.data.tokenizer or cfg.model.init)
+    reward = get_reward(cfg.rl.reward)
     model = load_or_build_model(cfg, tok, d.device)
+    lock = claim(out, cfg, overwrite=overwrite)
+    if lock is None:  # another process finished this run while the inputs were read
+        return json.loads((out / "eval.json").read_text())
+    return _Setup(train_tasks, eval_tasks, tok, model, reward, lock)
+
+
+def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFlag) -> dict[str, Any]:
+    from rlready.models import save_model
+    from rlready.rl.rewards import RewardScorer
+
+    rc, tc = cfg.rl, cfg.train
+    train_tasks, eval_tasks, tok, model = setup.train_tasks, setup.eval_tasks, setup.tok, setup.model
     model.train()
     optimizer = make_optimizer(model, cfg)
     for group in optimizer.param_groups:
@@ -329,8 +360,10 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
         run_name=f"rl:{out.name}",
         config=cfg.to_dict(),
     )
-    scorer = RewardScorer(get_reward(rc.reward), rc.reward_timeout_s, num_workers=rc.reward_workers)
-    try:
+    scorer = None
+    try:  # the logger is closed and the reward workers ended however the run ends, signals included
+        scorer = RewardScorer(setup.reward, rc.reward_timeout_s, num_workers=rc.reward_workers)
+        stop.phase = "the initial evaluation"
         initial_path = out / "eval_initial.json"
         if initial_path.is_file():
             initial = json.loads(initial_path.read_text())
@@ -347,7 +380,8 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
             entropy_hist, collapsed = list(ckpt.state["entropy_history"]), bool(ckpt.state["collapsed"])
             logger.info(f"resuming from {ckpt.path.name} (step {step})")
 
-        with _StopFlag() as stop:
+        stop.phase = "training"
+        with stop.deferred():
             while step < tc.max_steps:
                 t0 = time.perf_counter()
                 backend.sync_weights(model)
@@ -431,10 +465,12 @@ def _run(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> dict[str, 
                             f"interrupted at step {step}; checkpoint written to {out / 'checkpoints'}; "
                             "run the same command to resume"
                         )
+        stop.phase = "the final evaluation and export"
         backend.sync_weights(model)
         final = evaluate(backend, scorer, eval_tasks, cfg, cfg.seed + 1)
     finally:
-        scorer.close()
+        if scorer is not None:
+            scorer.close()
         logger.close()
     model.generation_config.do_sample = False
     save_model(model, tok, out / "final")

@@ -1,20 +1,42 @@
-"""The run directory contract shared by every stage.
+"""The run directory contract shared by every stage and the study.
 
-``DIR/config.json`` (resolved configuration), ``metrics.jsonl``, ``checkpoints/``, ``eval.json``, ``final/``
-(Hugging Face format). Running the same command on the same ``DIR`` resumes; a finished run (``eval.json``
-and ``final/`` present) is not retrained; a ``DIR`` holding a run of another configuration is refused unless
-``--overwrite`` is given; a non-empty ``DIR`` that holds no run (no ``config.json``) is refused even then.
-Nothing that existed is changed before these checks pass.
+``DIR/rlready.json`` (the marker: what kind of run this is, written only by rlready), ``config.json``
+(resolved configuration), ``metrics.jsonl``, ``checkpoints/``, ``eval.json``, ``final/`` (Hugging Face
+format). Running the same command on the same ``DIR`` resumes; a finished run (``eval.json`` and ``final/``
+present) is not retrained; a ``DIR`` holding a run of another configuration is refused unless ``--overwrite``
+is given.
+
+What protects a user's files:
+- ``--overwrite`` replaces only a directory that holds the marker of the same kind of run (a stage's run
+  for a stage, a study for a study); never ``.``, a parent of the current directory, the home directory, a
+  filesystem root or a symbolic link. Anything else is refused in one line before any file is touched.
+- The stages check everything read-only (``check_run_dir``) and validate all their inputs before
+  ``claim`` creates or changes ``DIR``.
+- ``claim`` takes an exclusive lock (``DIR/.rlready.lock``, ``flock``) held for the run's lifetime: a
+  second process on the same directory is refused. The kernel drops the lock when its holder dies, so a
+  killed run never leaves a stale lock behind.
+- A run that was set up but never trained (only the marker, ``config.json``, its tokenizer) blocks nothing:
+  a start that failed after ``claim`` is replaced by the corrected command without ``--overwrite``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from rlready.config import ConfigError, RunConfig
+
+MARKER = "rlready.json"
+LOCK = ".rlready.lock"
+FORMAT = 1
+STAGE_KINDS = ("pretrain", "midtrain", "rl")
+
+# Files of a run that was set up but never trained: replacing it loses nothing that cannot be redone at once.
+_SETUP_ONLY = {MARKER, "config.json", LOCK, "tokenizer", "config.json.tmp", f"{MARKER}.tmp"}
 
 # Sections that do not change what a stage computes: a resumed run may change them (``log``), or the stage
 # never reads them (the RL settings in pre-/mid-training, the loss knobs in RL).
@@ -35,29 +57,28 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
     return f"{prefix.rstrip('.')}: {a!r} there, {b!r} now"
 
 
-def check_run_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> bool:
-    """Read-only check of ``out`` against ``cfg``: True when the run there is finished, ConfigError if refused."""
-    saved = out / "config.json"
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} exists and is not a directory")
-    if not out.is_dir() or not any(out.iterdir()):
-        return False
-    if not saved.is_file():  # --overwrite replaces an rlready run, never a directory of something else
-        raise ConfigError(f"--out {str(out)!r} is not empty and holds no rlready run (use another directory)")
-    if overwrite:
-        return False
+# -- what a directory holds ------------------------------------------------------------------------------
+
+
+def entries(out: Path) -> list[str]:
+    """Names in ``out`` other than the lock file (a lock alone is an empty directory)."""
+    return sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
+
+
+def read_marker(out: Path) -> dict[str, Any] | None:
+    """The marker of an rlready run in ``out``, or None (absent, unreadable, or not ours)."""
     try:
-        previous = json.loads(saved.read_text())
+        marker = json.loads((out / MARKER).read_text())
     except (OSError, ValueError):
-        previous = None
-    now = _comparable(cfg.to_dict())
-    if previous is None or _comparable(previous) != now:
-        why = "unreadable config.json" if previous is None else _first_difference(_comparable(previous), now)
-        raise ConfigError(
-            f"--out {str(out)!r} holds a run with a different configuration ({why}); "
-            "use another directory or --overwrite"
-        )
-    return is_finished(out)
+        return None
+    ok = isinstance(marker, dict) and marker.get("rlready") == FORMAT and isinstance(marker.get("kind"), str)
+    return marker if ok else None
+
+
+def write_marker(out: Path, kind: str) -> None:
+    from rlready import __version__
+
+    write_json(out / MARKER, {"rlready": FORMAT, "kind": kind, "version": __version__})
 
 
 def is_finished(out: Path) -> bool:
@@ -65,22 +86,138 @@ def is_finished(out: Path) -> bool:
     return (out / "eval.json").is_file() and (out / "final" / "config.json").is_file()
 
 
-def prepare(out: Path, cfg: RunConfig, *, overwrite: bool, is_main: bool = True) -> bool:
-    """Check ``out`` (``check_run_dir``), then clear it if ``overwrite`` and save ``config.json``.
+def _never_replaced(out: Path) -> str | None:
+    """Why ``out`` may never be removed, whatever it holds; None when it may."""
+    if out.is_symlink():
+        return "is a symbolic link"
+    real, cwd, home = out.resolve(), Path.cwd().resolve(), Path.home().resolve()
+    if real == real.parent:
+        return "is a filesystem root"
+    if real == cwd or real in cwd.parents:
+        return "is the current directory or one of its parents"
+    if real == home or real in home.parents:
+        return "is the home directory or one of its parents"
+    return None
 
-    Returns True (and writes nothing) when the run there is already finished.
+
+def check_replaceable(out: Path, kinds: tuple[str, ...], what: str) -> None:
+    """Raise ConfigError unless ``--overwrite`` may remove ``out`` (a run of one of ``kinds``)."""
+    reason = _never_replaced(out)
+    if reason is not None:
+        raise ConfigError(f"--overwrite refused: --out {str(out)!r} {reason}")
+    marker = read_marker(out)
+    if marker is None or marker["kind"] not in kinds:
+        held = "no rlready run" if marker is None else f"an rlready {marker['kind']} run, not {what}"
+        raise ConfigError(
+            f"--out {str(out)!r} is not empty and holds {held} (no {MARKER} of one); "
+            "--overwrite replaces only such runs: use another directory"
+        )
+
+
+# -- the stages' checks ----------------------------------------------------------------------------------
+
+
+def check_run_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> str:
+    """Read-only check of ``out`` against ``cfg``; ConfigError if refused, else what to do with it:
+    ``"new"`` (absent or empty), ``"resume"``, ``"finished"``, or ``"replace"`` (``--overwrite``, or a run
+    that was set up but never trained)."""
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} exists and is not a directory")
+    names = entries(out)
+    if not names:
+        return "new"
+    if overwrite:
+        check_replaceable(out, STAGE_KINDS, f"a {cfg.stage} run")
+        return "replace"
+    marker = read_marker(out)
+    saved = out / "config.json"
+    if marker is None and not saved.is_file():
+        raise ConfigError(f"--out {str(out)!r} is not empty and holds no rlready run (use another directory)")
+    try:
+        previous = json.loads(saved.read_text())
+    except (OSError, ValueError):
+        previous = None
+    now = _comparable(cfg.to_dict())
+    if isinstance(previous, dict) and _comparable(previous) == now:
+        return "finished" if is_finished(out) else "resume"
+    if marker is not None and marker["kind"] in STAGE_KINDS and set(names) <= _SETUP_ONLY:
+        return "replace"
+    why = (
+        "unreadable config.json"
+        if not isinstance(previous, dict)
+        else _first_difference(_comparable(previous), now)
+    )
+    raise ConfigError(
+        f"--out {str(out)!r} holds a run with a different configuration ({why}); "
+        "use another directory or --overwrite"
+    )
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``DIR/.rlready.lock`` for the life of a run (released by the kernel when the
+    process dies, so a lock is never stale)."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "?"
+            self.release()
+            raise ConfigError(
+                f"--out {str(out)!r} is in use by another rlready process (pid {holder}); "
+                "wait for it to end or use another directory"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def clear(out: Path) -> None:
+    """Remove everything in ``out`` but the lock (symbolic links are removed, never followed)."""
+    for p in out.iterdir():
+        if p.name == LOCK:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def claim(out: Path, cfg: RunConfig, *, overwrite: bool) -> RunLock | None:
+    """Lock ``out`` for this run and set it up (cleared if ``--overwrite``, marker, ``config.json``).
+
+    Called after every input has been validated. The read-only check is repeated under the lock, since
+    another process may have changed ``out`` since. Returns None (lock released, nothing written) when the
+    run there is finished.
     """
-    if check_run_dir(out, cfg, overwrite=overwrite):
-        return True
-    if is_main:
-        if overwrite and out.is_dir():
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        saved = out / "config.json"
-        tmp = saved.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(saved)
-    return False
+    check_run_dir(out, cfg, overwrite=overwrite)  # refuse before creating anything, the lock file included
+    out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out)
+    try:
+        state = check_run_dir(out, cfg, overwrite=overwrite)
+        if state == "finished":
+            lock.release()
+            return None
+        if state == "replace":
+            clear(out)
+        write_marker(out, cfg.stage)
+        write_json(out / "config.json", cfg.to_dict())
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
