@@ -8,42 +8,135 @@ because it cannot kill a single hung task (cancelling a running future does noth
 
 Workers use the ``spawn`` start method by default: the trainer holds CUDA state and torch threads,
 and forking such a process is unsafe. Spawned workers need a picklable (module-level) reward.
+
+Each worker leads a process group (a session) of its own, so that whatever a reward starts (a
+verifier subprocess, an ``os.fork`` child) can be ended with it: the scorer kills the whole group
+when it replaces a worker and when it closes. Workers must also end when the trainer dies without
+closing them (SIGKILL, OOM killer): on Linux the kernel kills them (``PR_SET_PDEATHSIG``); elsewhere,
+and for workers started from a thread other than the main one (the death signal follows the thread
+that started the worker), a worker watches its parent pid and the end of its pipe. Either way it
+ends without printing a traceback into the trainer's terminal. Being outside the terminal's process
+group, workers do not get Ctrl-C; the trainer handles it and closes them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing as mp
+import os
 import pickle
 import signal
+import sys
+import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from typing import NoReturn
 
 __all__ = ["RewardScorer", "score"]
 
 _READY = "ready"
 
 
-def _worker_main(conn: Connection, reward_fn: Callable[[str, str], float]) -> None:
-    """Worker loop: answer ``(index, completion, answer)`` requests until told to stop with ``None``."""
-    # Ctrl-C reaches the whole process group; the parent decides when workers end.
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_PARENT_POLL_S = 0.5  # how often a worker without a death signal checks its parent
+
+
+def _end_quietly() -> NoReturn:
+    """End this worker and whatever its rewards left running in its group, printing nothing."""
+    if hasattr(os, "killpg") and os.getpgid(0) == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)  # this process included
+    os._exit(0)
+
+
+def _set_parent_death_signal() -> bool:
+    """Ask Linux to SIGKILL this process when the thread that started it ends; False if unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Thread: end the worker once its parent is gone (it is re-parented, so its parent pid changes)."""
+    while os.getppid() == parent_pid:
+        time.sleep(_PARENT_POLL_S)
+    _end_quietly()
+
+
+def _detach(parent_pid: int | None, death_signal: bool) -> None:
+    """Make this worker a process group of its own that ends with its parent (see the module doc)."""
+    # Ctrl-C is the trainer's to handle. The scorer starts workers with SIGINT blocked, so a Ctrl-C
+    # that reached the trainer's group during start-up is still pending: ignoring SIGINT before
+    # unblocking it discards it instead of raising KeyboardInterrupt here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn.send(_READY)
-    while True:
-        request = conn.recv()
-        if request is None:
-            return
-        index, completion, answer = request
-        try:
-            value = float(reward_fn(completion, answer))
-            if not math.isfinite(value):
-                raise ValueError(f"reward is {value}")
-            conn.send((index, True, value))
-        except Exception as err:  # any failure of the reward is reported, never fatal
-            conn.send((index, False, f"{type(err).__name__}: {err}"))
+    if hasattr(os, "setsid"):
+        with contextlib.suppress(OSError):  # fails only for a group leader, which this is not
+            os.setsid()
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if parent_pid is None:  # started by a fork server: its parent is the server
+        parent_pid = os.getppid()
+    watched = death_signal and _set_parent_death_signal()
+    # The parent may have died before the death signal was set (a spawned worker imports for a
+    # while first); it would then never come. Its children are re-parented, so the pid tells.
+    if os.getppid() != parent_pid:
+        _end_quietly()
+    if not watched:
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _worker_main(
+    conn: Connection,
+    reward_fn: Callable[[str, str], float],
+    parent_pid: int | None = None,
+    death_signal: bool = False,
+) -> None:
+    """Worker loop: answer ``(index, completion, answer)`` requests until told to stop with ``None``."""
+    _detach(parent_pid, death_signal)
+    try:
+        conn.send(_READY)
+        while True:
+            request = conn.recv()
+            if request is None:
+                return
+            index, completion, answer = request
+            try:
+                value = float(reward_fn(completion, answer))
+                if not math.isfinite(value):
+                    raise ValueError(f"reward is {value}")
+                reply = (index, True, value)
+            except Exception as err:  # any failure of the reward is reported, never fatal
+                reply = (index, False, f"{type(err).__name__}: {err}")
+            conn.send(reply)
+    except (EOFError, OSError):
+        # The scorer's end of the pipe is closed: the trainer is gone. Nobody is left to read a
+        # traceback, and printing one would land in the user's terminal after the trainer's end.
+        _end_quietly()
+
+
+def _signal_group(pid: int, sig: int) -> bool:
+    """Send ``sig`` to the process group led by worker ``pid``; False if there is no such group.
+
+    A worker that has not yet made its group (still starting) has none. A group outlives its leader
+    while any member lives, and Linux does not reuse a pid that still names a group.
+    """
+    if not hasattr(os, "killpg"):
+        return False
+    try:
+        os.killpg(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
 
 
 @dataclass
@@ -101,19 +194,47 @@ class RewardScorer:
         self._timeout_s = float(timeout_s)
         self._startup_timeout_s = float(startup_timeout_s)
         self._ctx = mp.get_context(start_method)
-        self._workers = [self._start_worker() for _ in range(num_workers)]
+        self._start_method = start_method
+        self._workers: list[_Worker] = []
+        # A scorer dropped without close() still takes its workers' groups down (at the latest when
+        # the interpreter exits); the list is the one _replace() updates in place.
+        self._finalizer = weakref.finalize(self, _kill_all, self._workers, os.getpid())
+        for _ in range(num_workers):
+            self._workers.append(self._start_worker())
 
     def _start_worker(self) -> _Worker:
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child, self._reward_fn), daemon=True)
-        process.start()
+        # A fork server, not this process, is the parent of its workers. The death signal fires when
+        # the starting *thread* ends, so it is only asked for from the main thread.
+        parent_pid = None if self._start_method == "forkserver" else os.getpid()
+        death_signal = parent_pid is not None and threading.current_thread() is threading.main_thread()
+        process = self._ctx.Process(
+            target=_worker_main, args=(child, self._reward_fn, parent_pid, death_signal), daemon=True
+        )
+        # The worker inherits the signal mask: with SIGINT blocked, a Ctrl-C during its start-up (while
+        # it is still in the terminal's process group) waits instead of interrupting its imports. This
+        # process gets its own copy of the signal once SIGINT is unblocked again.
+        blocked = hasattr(signal, "pthread_sigmask")
+        if blocked:
+            if self._start_method != "fork":
+                # The first spawn starts multiprocessing's resource tracker, which unblocks SIGINT in
+                # this thread when done; start it first so that the block below holds for the worker.
+                from multiprocessing import resource_tracker
+
+                resource_tracker.ensure_running()
+            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process.start()
+        finally:
+            if blocked and signal.SIGINT not in old_mask:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         child.close()
         return _Worker(process=process, conn=parent, started_at=time.monotonic())
 
     def _replace(self, slot: int) -> None:
         worker = self._workers[slot]
-        worker.process.kill()
-        worker.process.join(timeout=5)
+        _kill(worker)
+        _wait_for_exit([worker], 5.0)
         worker.conn.close()
         self._workers[slot] = self._start_worker()
 
@@ -174,25 +295,55 @@ class RewardScorer:
         return rewards, failures
 
     def close(self) -> None:
-        """Stop the workers (politely, then by force)."""
-        for w in self._workers:
+        """Stop the workers (politely, then by force) and whatever their rewards left running."""
+        self._finalizer.detach()
+        workers, self._workers = self._workers, []
+        for w in workers:
             try:
                 if w.index is None and w.process.is_alive():
                     w.conn.send(None)
             except (BrokenPipeError, OSError):
                 pass
-            w.process.join(timeout=1)
-            if w.process.is_alive():
-                w.process.kill()
-                w.process.join()
+        _wait_for_exit(workers, 1.0)
+        for w in workers:
+            _kill(w)
+        _wait_for_exit(workers, 5.0)
+        for w in workers:
             w.conn.close()
-        self._workers = []
 
     def __enter__(self) -> RewardScorer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _kill(worker: _Worker) -> None:
+    """SIGKILL a worker's process group (the worker and what its rewards started) and the worker.
+
+    No polite SIGTERM first: a reward's leftovers are verifiers with nothing to save, and a worker
+    being replaced has already overrun its time.
+    """
+    _signal_group(worker.process.pid, signal.SIGKILL)
+    if worker.process.exitcode is None:  # still starting, so not yet the leader of a group
+        worker.process.kill()
+
+
+def _kill_all(workers: Iterable[_Worker], owner_pid: int) -> None:
+    if os.getpid() == owner_pid:  # not in a forked copy of the scorer's process
+        for w in workers:
+            _kill(w)
+
+
+def _wait_for_exit(workers: Sequence[_Worker], timeout_s: float) -> None:
+    """Reap the workers, waiting up to ``timeout_s`` for them to exit.
+
+    Polled rather than ``join(timeout)``: a reward's ``os.fork`` child keeps the worker's end of the
+    sentinel pipe that ``join`` waits on open after the worker itself has exited.
+    """
+    deadline = time.monotonic() + timeout_s
+    while any(w.process.exitcode is None for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def score(
