@@ -148,3 +148,28 @@ def test_study_forwards_sigterm_to_its_stage_and_its_stage_dies_with_it(env, tmp
     study.communicate(timeout=60)
     wait_for(lambda: not alive(pid), 120, "the orphaned stage to end")
     assert "interrupted" in (stage.parent / "pretrain.log").read_text().splitlines()[-1]
+
+
+def test_sigterm_during_rl_start_up_or_its_first_evaluation_exits_3_with_the_message(env, tmp_path):
+    rlready = venv_script("rlready")
+    pre = tmp_path / "pre"
+    subprocess.run(
+        [rlready, "pretrain", "--out", str(pre), *stage_args(env, **{"train.max_steps": "2"})],
+        env=proc_env(env),
+        check=True,
+        timeout=300,
+    )
+    out = tmp_path / "rl"
+    cmd = [rlready, "rl", "--init", str(pre / "final"), "--out", str(out), "--eval.reasoning_problems", "64"]
+    cmd += ["--eval.samples", "8", "--eval.max_new_tokens", "24", "--log.progress", "lines"]
+    rl = subprocess.Popen(cmd, env=proc_env(env), stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (out / "config.json").is_file(), 300, "the RL stage to claim --out")
+    rl.send_signal(signal.SIGTERM)
+    _, err = rl.communicate(timeout=120)
+    assert rl.returncode == 3, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("rlready: interrupted by SIGTERM during ") and last.endswith(
+        "; run the same command to resume"
+    )
+    assert not (out / "eval_initial.json").exists()

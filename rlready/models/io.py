@@ -10,15 +10,31 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
+import logging
 import os
+import re
 import shutil
 import struct
 import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+_log = logging.getLogger(__name__)
+
+# The ``model_type``s the training stages can run from ``--init``. Each is a decoder-only causal LM whose logits
+# are exactly ``hidden @ lm_head.weight.T`` (heads.final_hidden_and_head), with plain RoPE in a
+# ``*RotaryEmbedding`` module that set_rope_theta can rebase, its decoder layers in ``get_decoder().layers``
+# (per-layer FSDP) and, for MoE, a ``load_balancing_loss_func`` beside the model class and routed experts under
+# ``experts`` (count_parameters). qwen3 / qwen3_moe are what the presets build; the others are the same
+# decoder with minor differences and pass the same checks (tests/test_models_init.py). Any other architecture
+# might load and then train wrongly (logit softcapping, scaled logits, a rope without inv_freq), so it is refused.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
 
 # Bytes per element of every safetensors dtype (safetensors format spec).
 _DTYPE_BYTES = {
@@ -73,7 +89,11 @@ def check_safetensors(path: str | Path) -> None:
     safetensors would reject most of these too, but only when transformers gets to it and with a low-level
     message; this check names the file and runs before any model is built.
     """
-    path = Path(path)
+    _read_safetensors(Path(path))
+
+
+def _read_safetensors(path: Path) -> dict[str, tuple[int, ...]]:
+    """The ``{tensor name: shape}`` table of a safetensors file, after ``check_safetensors``' checks."""
     size = path.stat().st_size
     if size < 8:
         raise _corrupt(path, f"{size} bytes, no header")
@@ -89,6 +109,7 @@ def check_safetensors(path: str | Path) -> None:
     if not isinstance(header, dict):
         raise _corrupt(path, "header is not a JSON object")
     spans = []
+    shapes: dict[str, tuple[int, ...]] = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -98,6 +119,7 @@ def check_safetensors(path: str | Path) -> None:
             for dim in info["shape"]:
                 numel *= int(dim)
             nbytes = numel * _DTYPE_BYTES[info["dtype"]]
+            shapes[name] = tuple(int(dim) for dim in info["shape"])
         except (KeyError, TypeError, ValueError):
             raise _corrupt(path, f"bad header entry for tensor {name!r}") from None
         if end - begin != nbytes:
@@ -111,6 +133,7 @@ def check_safetensors(path: str | Path) -> None:
         cursor = end
     if cursor != data_len:
         raise _corrupt(path, f"header describes {cursor} data bytes, file holds {data_len}")
+    return shapes
 
 
 def _weight_files(path: Path) -> list[Path]:
@@ -137,7 +160,11 @@ def _weight_files(path: Path) -> list[Path]:
     raise ValueError(f"{path}: no model.safetensors in model directory")
 
 
-def _check_model_dir(path: Path) -> None:
+def _check_model_dir(path: Path) -> tuple[dict[str, tuple[int, ...]], str]:
+    """Validate a model directory's files; return its checkpoint's ``{tensor: shape}`` and how to name it.
+
+    The architecture is checked from config.json alone, before transformers or any weights are touched.
+    """
     if not path.exists():
         raise ValueError(f"model directory does not exist: {path}")
     if not path.is_dir():
@@ -151,8 +178,21 @@ def _check_model_dir(path: Path) -> None:
         raise ValueError(f"{config_file}: unreadable config.json ({e})") from None
     if not isinstance(config, dict) or "model_type" not in config:
         raise ValueError(f"{config_file}: unreadable config.json (not an object with a model_type)")
-    for weights in _weight_files(path):
-        check_safetensors(weights)
+    if config["model_type"] not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"{path}: cannot load as a causal LM: unsupported architecture {config['model_type']!r} "
+            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
+    files = _weight_files(path)
+    shapes: dict[str, tuple[int, ...]] = {}
+    where: dict[str, str] = {}
+    for weights in files:
+        for name, shape in _read_safetensors(weights).items():
+            if name in where:
+                raise ValueError(f"{path}: tensor {name} is in both {where[name]} and {weights.name}")
+            shapes[name], where[name] = shape, weights.name
+    label = files[0].name if len(files) == 1 else f"the checkpoint ({len(files)} safetensors shards)"
+    return shapes, label
 
 
 def _has_tokenizer(path: Path) -> bool:
@@ -180,42 +220,228 @@ def load_tokenizer(path: str | Path) -> Any:
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Keep transformers' load report, warnings, progress bars and prints off the terminal.
+
+    Problems are found and reported by this module in one line; what transformers says on the way goes to
+    this module's logger at debug level. The global settings are restored afterwards.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = getattr(hf_logging, "is_progress_bar_enabled", lambda: True)()
+    out, err = io.StringIO(), io.StringIO()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
+            warnings.simplefilter("always")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+        for w in caught:
+            _log.debug("while loading: %s: %s", w.category.__name__, w.message)
+        for text in (out.getvalue(), err.getvalue()):
+            if text.strip():
+                _log.debug("while loading: %s", text.strip())
+
+
+def _natural_key(name: str) -> list[Any]:
+    # Layer 10 after layer 9; re.split with a group alternates text and digits, so items compare by type.
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name))]
+
+
+def _names(keys: Any, limit: int = 3) -> str:
+    keys = sorted(keys, key=_natural_key)
+    return ", ".join(keys[:limit]) + (", …" if len(keys) > limit else "")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _saved_forms(model: Any, state: dict[str, torch.Tensor]) -> dict[str, dict[str, tuple[int, ...]]]:
+    """For state-dict keys that a checkpoint may store differently, the ``{checkpoint key: shape}`` stored.
+
+    transformers 5 keeps some tensors fused in the model (e.g. MoE experts as ``[num_experts, ...]``) but saves
+    and ships them in the original per-expert layout, converting on load; 4.x has no such conversions. Meta
+    tensors go through the reverse conversion without memory, so this costs nothing for large models.
+    """
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4.x: checkpoints hold the state dict as is
+        return {}
+    try:
+        whole = revert_weight_conversion(model, dict(state))
+    except Exception as e:  # noqa: BLE001 -- a conversion this version cannot reverse: native layout only
+        _log.debug("no saved-layout check (%s: %s)", type(e).__name__, e)
+        return {}
+    forms: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key, tensor in state.items():
+        if key in whole and tuple(whole[key].shape) == tuple(tensor.shape):
+            continue  # saved as is; only converted keys are reversed one by one
+        try:
+            one = revert_weight_conversion(model, {key: tensor})
+        except Exception as e:  # noqa: BLE001
+            _log.debug("no saved-layout check for %s (%s: %s)", key, type(e).__name__, e)
+            continue
+        forms[key] = {k: tuple(v.shape) for k, v in one.items()}
+    return forms
+
+
+def _check_checkpoint(path: Path, label: str, found: dict[str, tuple[int, ...]], model: Any) -> None:
+    """Raise ``ValueError`` unless the checkpoint tensors ``found`` supply every tensor of ``model``.
+
+    ``model`` is a meta-device model built from the directory's config. Each state-dict tensor is supplied
+    when one of its accepted forms is present in full: for tied tensors (lm_head tied to the embedding) any
+    one of the tied names, else its own name or the layout transformers saves it in (``_saved_forms``).
+    Non-persistent buffers (rotary inv_freq) are rebuilt from the config and are neither required nor refused.
+    """
+    state = model.state_dict()
+    owner: dict[str, int] = {}
+    for name, tensor in [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]:
+        if name in state:
+            owner[name] = id(tensor)
+    groups: dict[int, list[str]] = {}
+    for name in state:
+        groups.setdefault(owner.get(name, id(name)), []).append(name)
+    saved = _saved_forms(model, {names[0]: state[names[0]] for names in groups.values() if len(names) == 1})
+    expected_by_form = []  # per state-dict tensor: its accepted forms, each {checkpoint key: shape}
+    for names in groups.values():
+        if len(names) > 1:
+            expected_by_form.append([{n: tuple(state[n].shape)} for n in names])
+        else:
+            forms = [{names[0]: tuple(state[names[0]].shape)}]
+            if names[0] in saved:
+                forms.append(saved[names[0]])
+            expected_by_form.append(forms)
+
+    missing: set[str] = set()
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
+    known: set[str] = set()
+    for forms in expected_by_form:
+        for form in forms:
+            known.update(form)
+        present = [form for form in forms if all(k in found for k in form)]
+        if not present:
+            # Name what is absent in the form the checkpoint comes closest to (saved layout on a tie).
+            best = max(reversed(forms), key=lambda form: sum(k in found for k in form))
+            missing.update(k for k in best if k not in found)
+            continue
+        for k, want in present[0].items():
+            if found[k] != want:
+                mismatched.append((k, found[k], want))
+    if missing:
+        raise ValueError(f"{path}: {label} lacks {_plural(len(missing), 'parameter')} ({_names(missing)})")
+    if mismatched:
+        mismatched.sort(key=lambda m: _natural_key(m[0]))
+        name, got, want = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more with wrong shapes)" if len(mismatched) > 1 else ""
+        raise ValueError(
+            f"{path}: parameter {name} has shape {list(got)} in the checkpoint, the model expects {list(want)}{more}"
+        )
+    buffers = {name for name, _ in model.named_buffers(remove_duplicate=False)} - set(state)
+    ignored = getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []
+    extra = {
+        k
+        for k in found
+        if k not in known and k not in buffers and not any(re.search(pattern, k) for pattern in ignored)
+    }
+    if extra:
+        raise ValueError(
+            f"{path}: {label} has {_plural(len(extra), 'tensor')} the model does not have ({_names(extra)})"
+        )
+
+
+def _check_loading_info(path: Path, model: Any, info: dict[str, Any]) -> None:
+    """Second guard: what transformers itself reports it left uninitialised, ignored or could not fit."""
+    state = model.state_dict()
+    tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - set(
+        dict(model.named_parameters())
+    )
+    buffers = {name for name, _ in model.named_buffers(remove_duplicate=False)} - set(state)
+    missing = set(info.get("missing_keys") or ()) - tied - buffers
+    unexpected = set(info.get("unexpected_keys") or ()) - buffers
+    mismatched = list(info.get("mismatched_keys") or ())
+    errors = [str(e).strip().splitlines()[0] for e in info.get("error_msgs") or () if str(e).strip()]
+    if missing:
+        raise ValueError(
+            f"{path}: transformers left {_plural(len(missing), 'parameter')} unloaded ({_names(missing)})"
+        )
+    if unexpected:
+        raise ValueError(
+            f"{path}: transformers found {_plural(len(unexpected), 'tensor')} the model does not have "
+            f"({_names(unexpected)})"
+        )
+    if mismatched:
+        raise ValueError(
+            f"{path}: transformers found mismatched shapes ({_names(str(m[0]) for m in mismatched)})"
+        )
+    if errors:
+        raise ValueError(f"{path}: cannot load as a causal LM ({errors[0]})")
+
+
 def load_model(
     path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> Any:
     """Load the causal LM in a local Hugging Face directory (``--init DIR``), validating it first.
 
-    Raises ``ValueError`` when the directory is missing, has no or an unreadable config.json, holds only
-    pickle weights, has truncated or corrupted safetensors files, or ships a tokenizer larger than the
-    model's embedding.
+    Raises a one-line ``ValueError`` naming the directory when it is missing, has no or an unreadable
+    config.json, is not one of ``SUPPORTED_MODEL_TYPES``, holds only pickle weights, has truncated or
+    corrupted safetensors files, whose tensors do not supply every parameter of the model its config describes
+    with the right shape (or include tensors the model does not have), or ships a tokenizer larger than the
+    model's embedding. Names and shapes are checked from the safetensors headers against a meta-device model,
+    before any weights are read. Nothing transformers prints while loading reaches the terminal.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     _check_dtype(dtype)
     path = Path(path)
-    _check_model_dir(path)
+    found, label = _check_model_dir(path)
+    with _quiet_transformers():
+        try:
+            config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+            skeleton = build_model(config, dtype=dtype, device="meta")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise _cannot_load(path, e) from e
+        _check_checkpoint(path, label, found, skeleton)
+        if _has_tokenizer(path):
+            check_tokenizer_fits(load_tokenizer(path), skeleton)
     if torch.device(device).type == "meta":
         # The module tree only, no weights read: FSDP ranks that receive their shards from rank 0.
-        from transformers import AutoConfig
+        return skeleton
+    del skeleton
+    with _quiet_transformers():
+        try:
+            model, info = AutoModelForCausalLM.from_pretrained(
+                path,
+                local_files_only=True,
+                use_safetensors=True,
+                trust_remote_code=False,
+                output_loading_info=True,
+                **{_transformers_dtype_kwarg(): dtype},
+            )
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise _cannot_load(path, e) from e
+    _check_loading_info(path, model, info)
+    return model.to(device)
 
-        return build_model(
-            AutoConfig.from_pretrained(path, local_files_only=True), dtype=dtype, device=device
-        )
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            local_files_only=True,
-            use_safetensors=True,
-            trust_remote_code=False,
-            **{_transformers_dtype_kwarg(): dtype},
-        )
-    except (OSError, ValueError, KeyError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: cannot load as a causal LM ({first_line})") from e
-    model.to(device)
-    if _has_tokenizer(path):
-        check_tokenizer_fits(load_tokenizer(path), model)
-    return model
+
+def _cannot_load(path: Path, e: BaseException) -> ValueError:
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return ValueError(f"{path}: cannot load as a causal LM ({first_line})")
 
 
 def _fsync_tree(root: Path) -> None:
