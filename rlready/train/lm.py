@@ -328,7 +328,12 @@ def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFla
     )
     start_step, tokens_seen = 0, 0
     # Rank 0 verifies the checkpoints (a checksum of every file) and tells the other ranks which one to load.
-    ckpt = dist.broadcast_object(checkpoint.load_latest(out / "checkpoints", warn) if d.is_main else None, d)
+    ckpt = dist.broadcast_object(
+        checkpoint.load_latest(out / "checkpoints", warn, require=("tokens", "loader"))
+        if d.is_main
+        else None,
+        d,
+    )
     if ckpt is not None:
         # Weights (into the whole model: every rank's, or rank 0's under FSDP, which shards them in wrap) and
         # RNG states; the optimizer once it exists.

@@ -348,7 +348,9 @@ def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFla
         (lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     )
     warn = lambda msg: print(f"rlready: warning: {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    ckpt = checkpoint.load_latest(out / "checkpoints", warn)
+    ckpt = checkpoint.load_latest(
+        out / "checkpoints", warn, require=("samples", "prompts", "entropy_history", "collapsed")
+    )
     logger = RunLogger(
         out,
         total_steps=tc.max_steps,
