@@ -104,6 +104,9 @@ def _run_report(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _run_stage(args: argparse.Namespace, extra: list[str]) -> int:
     from rlready import config
+    from rlready.train.loop import die_with_parent
+
+    die_with_parent()
 
     overrides = config.parse_overrides(extra)
     if args.init is not None:

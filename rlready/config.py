@@ -27,6 +27,30 @@ class ConfigError(ValueError):
     """A configuration value, file or field is invalid (reported in one line by the CLI)."""
 
 
+# Upper bounds, generous but finite, so that a typo such as an extra three zeros is a one-line error before
+# anything is written instead of an allocation failure (or hours of work) deep inside a stage.
+#
+# Seeds go to torch.manual_seed (any 64-bit value), numpy.random.default_rng (non-negative) and, for the
+# legacy numpy and the Hugging Face helpers, numpy.random.seed, which takes [0, 2**32 - 1]: the range every
+# consumer accepts. (The RL stage also seeds evaluation with seed + 1, which torch still accepts.)
+MAX_SEED = 2**32 - 1
+# The tokenizers BPE trainer reserves ~70 bytes per requested token up front (1e9 asks for 70 GB and aborts
+# the process); real vocabularies stop near 262k (Gemma 3), so 2**20 is 4x that for ~75 MB.
+MAX_VOCAB_SIZE = 1 << 20
+# Sequences per batch, step or sampling call, and problems per evaluation: each sizes a tensor or a list
+# built at once. The paper's recipe uses at most 4096 (pre-training batch) and 128 x 16 (RL rollouts);
+# 2**20 sequences of 4096 tokens is already 4B tokens in one batch.
+MAX_ITEMS = 1 << 20
+# Operations per arithmetic problem: each adds a sentence to the prompt and an equation to the solution
+# (~20 tokens), so beyond ~1000 one problem outgrows the largest presets' 32768 positions, and generating
+# the problems takes time in proportion.
+MAX_PROBLEM_STEPS = 1024
+# Characters of synthetic text generated per stage, held in memory as one string list and then as tokens.
+MAX_WORLD_CHARS = 1 << 32
+# Reward worker processes; more than any one machine has cores.
+MAX_WORKERS = 1024
+
+
 @dataclass
 class ModelConfig:
     preset: str = "tiny"
@@ -66,11 +90,15 @@ class DataConfig:
             raise ConfigError(f"data.reasoning_max_operand must be >= 2, got {self.reasoning_max_operand}")
         if self.vocab_size < 256:
             raise ConfigError(f"data.vocab_size must be >= 256 (byte-level BPE), got {self.vocab_size}")
+        _at_most("data.vocab_size", self.vocab_size, MAX_VOCAB_SIZE)
+        _at_most("data.world_chars", self.world_chars, MAX_WORLD_CHARS)
+        _at_most("data.reasoning_max_steps", self.reasoning_max_steps, MAX_PROBLEM_STEPS)
 
 
 @dataclass
 class LossConfig:
-    """PAPER.md §2. ``beta``, ``lam_head``, ``lam_tail``: a number or ``linear|cosine:START:END``."""
+    """The loss knobs (docs/method.md §3, §4.6): ``beta``, ``lam_head``, ``lam_tail`` are each a number or
+    ``linear|cosine:START:END``."""
 
     beta: str = "0.0"
     lam_head: str = "0.0"
@@ -88,8 +116,10 @@ class LossConfig:
                 raise ConfigError(f"loss.{name}: {err}") from None
         if self.k < 1:
             raise ConfigError(f"loss.k must be >= 1, got {self.k}")
+        _at_most("loss.k", self.k, MAX_VOCAB_SIZE)  # a top-k over the vocabulary
         if self.chunk_size is not None:
             _positive("loss.chunk_size", self.chunk_size)
+            _at_most("loss.chunk_size", self.chunk_size, MAX_ITEMS)
 
 
 @dataclass
@@ -124,6 +154,8 @@ class TrainConfig:
             "max_bad_steps",
         ):
             _positive(f"train.{name}", getattr(self, name))
+        for name in ("batch_size", "micro_batch"):
+            _at_most(f"train.{name}", getattr(self, name), MAX_ITEMS)
         for name in ("warmup_steps", "checkpoint_every", "eval_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
@@ -149,7 +181,7 @@ class EvalConfig:
     reasoning_problems: int = 32
     samples: int = 8  # n samples per problem for Pass@k
     pass_k: int = 4
-    temperature: float = 0.7  # PAPER.md §4: Pass@k sampling at T=0.7, top-p 0.95
+    temperature: float = 0.7  # docs/method.md §7: Pass@k sampling at T=0.7, top-p 0.95
     top_p: float = 0.95
     max_new_tokens: int = 48
 
@@ -161,6 +193,8 @@ class EvalConfig:
         for name in ("knowledge_questions", "reasoning_problems"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"eval.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("samples", "knowledge_questions", "reasoning_problems"):
+            _at_most(f"eval.{name}", getattr(self, name), MAX_ITEMS)
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"eval.top_p must be in (0, 1], got {self.top_p}")
         if self.temperature < 0:
@@ -169,7 +203,7 @@ class EvalConfig:
 
 @dataclass
 class RLConfig:
-    """The RL stage (PAPER.md §4, RLVR row; §5 pitfalls). Optimizer, steps and checkpoints come from
+    """The RL stage (docs/method.md §5.3). Optimizer, steps and checkpoints come from
     ``train``; held-out Avg@k / Cons@k / Pass@k settings from ``eval``."""
 
     data: str | None = None  # GSM8K/MATH-style JSONL; None: the synthetic world's reasoning problems
@@ -219,6 +253,16 @@ class RLConfig:
             "entropy_window",
         ):
             _positive(f"rl.{name}", getattr(self, name))
+        for name in ("train_problems", "prompts_per_step", "group_size", "micro_batch", "gen_batch"):
+            _at_most(f"rl.{name}", getattr(self, name), MAX_ITEMS)
+        # One generation round samples prompts_per_step x group_size sequences.
+        if self.prompts_per_step * self.group_size > MAX_ITEMS:
+            raise ConfigError(
+                f"rl.prompts_per_step x rl.group_size must be <= {MAX_ITEMS} sequences per round, got "
+                f"{self.prompts_per_step} x {self.group_size}"
+            )
+        _at_most("rl.task_max_steps", self.task_max_steps, MAX_PROBLEM_STEPS)
+        _at_most("rl.reward_workers", self.reward_workers, MAX_WORKERS)
         if self.task_max_operand < 2:
             raise ConfigError(f"rl.task_max_operand must be >= 2, got {self.task_max_operand}")
         if self.minibatches > self.prompts_per_step:
@@ -284,6 +328,8 @@ class RunConfig:
     def validate(self) -> RunConfig:
         if self.stage not in STAGES:
             raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be in [0, {MAX_SEED}] (2**32 - 1, numpy's range), got {self.seed}")
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
@@ -308,6 +354,55 @@ class RunConfig:
 def _positive(name: str, value: int) -> None:
     if value < 1:
         raise ConfigError(f"{name} must be >= 1, got {value}")
+
+
+def _at_most(name: str, value: int, limit: int) -> None:
+    if value > limit:
+        raise ConfigError(f"{name} must be <= {limit}, got {value}")
+
+
+# -- lengths against the model's context ----------------------------------------------------------------
+
+
+def model_max_positions(cfg: RunConfig) -> int | None:
+    """The model's ``max_position_embeddings``: from ``--init``'s config.json, else from the preset.
+
+    Reads JSON only (no model is built). None when the --init directory or its config.json is missing,
+    unreadable or has no such field: the stage's own check of --init then reports the directory.
+    """
+    if cfg.model.init:
+        try:
+            data = json.loads((Path(cfg.model.init) / "config.json").read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        value = data.get("max_position_embeddings") if isinstance(data, dict) else None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return None
+        return value
+    from rlready.models.presets import PRESETS
+
+    preset = PRESETS.get(cfg.model.preset)
+    return preset.max_position_embeddings if preset is not None else None
+
+
+def check_lengths(cfg: RunConfig, max_positions: int, origin: str) -> None:
+    """Sequence and generation lengths of ``cfg.stage`` must fit ``max_positions`` (from ``origin``).
+
+    A training window is ``data.seq_len`` positions. Generation (evaluation; RL rollouts) puts the prompt
+    before at most ``max_new_tokens`` new tokens, so those must leave at least one position for the prompt;
+    the prompts' own lengths are known only once they are tokenized. Positions past the maximum do not fail
+    in the model (RoPE extends to any position): they give untrained positions and minutes of wasted
+    generation, hence the check here.
+    """
+    where = f"the model's max_position_embeddings ({max_positions}, {origin})"
+    if cfg.stage != "rl" and cfg.data.seq_len > max_positions:
+        raise ConfigError(f"data.seq_len must be <= {where}, got {cfg.data.seq_len}")
+    names = ("rl.max_new_tokens", "eval.max_new_tokens") if cfg.stage == "rl" else ("eval.max_new_tokens",)
+    for name in names:
+        section, attr = name.split(".")
+        value = getattr(getattr(cfg, section), attr)
+        if value >= max_positions:
+            raise ConfigError(f"{name} plus the prompt must fit {where}, got {value}")
 
 
 # -- parsing ---------------------------------------------------------------------------------------------
@@ -475,10 +570,23 @@ def resolve(
     if base:
         apply_mapping(cfg, base, "base configuration")
     if file is not None:
-        apply_mapping(cfg, load_file(file), str(file))
+        data = load_file(file)
+        # The command decides the stage; a file written for another stage is refused rather than mixed in.
+        if "stage" in data and data["stage"] != stage:
+            raise ConfigError(
+                f"config file {str(file)!r} is for stage {data['stage']!r}, not {stage!r} (the command)"
+            )
+        apply_mapping(cfg, data, str(file))
     for key, value in overrides or []:
+        if key == "stage" and value != stage:
+            raise ConfigError(f"--stage {value!r} does not match the command {stage!r}")
         set_field(cfg, key, value)
-    return cfg.validate()
+    cfg.validate()
+    max_positions = model_max_positions(cfg)
+    if max_positions is not None:
+        origin = f"{cfg.model.init}/config.json" if cfg.model.init else f"preset {cfg.model.preset!r}"
+        check_lengths(cfg, max_positions, origin)
+    return cfg
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:

@@ -1,4 +1,4 @@
-"""``rlready study``: the paper's experiment in one command (PAPER.md §4).
+"""``rlready study``: the paper's experiment in one command (docs/method.md §5.4).
 
 For every configuration and seed: pre-train -> mid-train -> RL, each stage a ``rlready`` subprocess writing
 its own run directory (so every stage resumes, or is skipped when finished, exactly like a hand-run stage),
@@ -45,7 +45,7 @@ STAGE_ORDER = ("pretrain", "midtrain", "rl")
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """One configuration compared in the study (PAPER.md §4: the five defaults below)."""
+    """One configuration compared in the study (docs/method.md §5.4: the five defaults below)."""
 
     name: str
     beta: str = "0.0"
@@ -54,6 +54,7 @@ class StudyConfig:
     k: int = 100
 
 
+# The report's claims (rlready/report/claims.py, PAPER_CLAIMS) compare these configurations by name.
 DEFAULT_CONFIGS = (
     StudyConfig("CE"),
     StudyConfig("beta=-0.25", beta="-0.25"),
@@ -399,7 +400,10 @@ def run_study(
     # Validate the preset and every override once, up front, for each stage, before any process starts.
     for stage in STAGE_ORDER:
         init = [("model.init", "<previous stage>")] if stage != "pretrain" else []
-        cfgmod.resolve(stage, preset, overrides=stage_overrides(extra, stage) + init)
+        resolved = cfgmod.resolve(stage, preset, overrides=stage_overrides(extra, stage) + init)
+        # Every stage's model is the pre-trained preset's, whose maximum context the chain keeps.
+        resolved.model.init = None
+        cfgmod.check_lengths(resolved, cfgmod.model_max_positions(resolved), f"preset {preset!r}")
     for c in configs:
         cfgmod.resolve(
             "pretrain",
