@@ -1,4 +1,4 @@
-"""``report.md`` and its figures, mirroring the paper's at this scale (PAPER.md §4).
+"""``report.md`` and its figures, mirroring the paper's at this scale (docs/method.md §8).
 
 Figures: perplexity and entropy vs tokens in pre-training; knowledge and reasoning after mid-training; RL
 accuracy, policy entropy and response length vs step; Pass@k vs k after RL. Tables per stage. Then each claim
@@ -12,9 +12,11 @@ import json
 import math
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rlready.report.claims import PAPER_CLAIMS, Claim
 from rlready.report.summary import read_metrics
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
@@ -99,6 +101,7 @@ def _first_key(study: Path, groups, stage: str, pattern: str) -> str | None:
 
 
 def make_figures(study: Path, summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Draw the report's figures into ``study/figures``; returns (file name, description) for each."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,8 +110,17 @@ def make_figures(study: Path, summary: dict[str, Any]) -> list[tuple[str, str]]:
     groups = _by_config(summary)
     fig_dir = study / "figures"
     fig_dir.mkdir(exist_ok=True)
-    made: list[tuple[str, str]] = []
+    made = []
+    for figure in (_pretrain_figure, _midtrain_figure, _rl_figure, _passk_figure):
+        name, description, fig = figure(plt, study, groups)
+        fig.tight_layout()
+        fig.savefig(fig_dir / name, dpi=110)
+        plt.close(fig)
+        made.append((name, description))
+    return made
 
+
+def _pretrain_figure(plt: Any, study: Path, groups: dict[str, list[dict[str, Any]]]) -> tuple[str, str, Any]:
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     _plot_curves(
         axes[0], study, groups, "pretrain", "tokens", "ppl", "pre-training perplexity (train batches)"
@@ -125,13 +137,10 @@ def make_figures(study: Path, summary: dict[str, Any]) -> list[tuple[str, str]]:
         pad = max(0.02, (max(finite) - min(finite)) * 0.6)
         axes[2].set_ylim(min(finite) - pad, max(finite) + pad)
     _config_axis(axes[2], groups, "held-out entropy after pre-training")
-    fig.tight_layout()
-    fig.savefig(fig_dir / "pretrain.png", dpi=110)
-    plt.close(fig)
-    made.append(
-        ("pretrain.png", "Pre-training: perplexity and entropy vs tokens, held-out entropy at the end")
-    )
+    return "pretrain.png", "Pre-training: perplexity and entropy vs tokens, held-out entropy at the end", fig
 
+
+def _midtrain_figure(plt: Any, study: Path, groups: dict[str, list[dict[str, Any]]]) -> tuple[str, str, Any]:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, key, title in (
         (axes[0], "knowledge", "knowledge (fact recall)"),
@@ -143,11 +152,10 @@ def make_figures(study: Path, summary: dict[str, Any]) -> list[tuple[str, str]]:
             )
         _config_axis(ax, groups, title)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(fig_dir / "midtrain.png", dpi=110)
-    plt.close(fig)
-    made.append(("midtrain.png", "Knowledge and reasoning after pre-training (hatched) and mid-training"))
+    return "midtrain.png", "Knowledge and reasoning after pre-training (hatched) and mid-training", fig
 
+
+def _rl_figure(plt: Any, study: Path, groups: dict[str, list[dict[str, Any]]]) -> tuple[str, str, Any]:
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     eval_key = _first_key(study, groups, "rl", r"eval_avg@\d+")
     if eval_key:  # periodic held-out evaluation along RL
@@ -172,11 +180,10 @@ def make_figures(study: Path, summary: dict[str, Any]) -> list[tuple[str, str]]:
     ):
         _plot_curves(ax, study, groups, "rl", "step", key, title, smooth=5)
     axes[0, 1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(fig_dir / "rl.png", dpi=110)
-    plt.close(fig)
-    made.append(("rl.png", "RL: accuracy, policy entropy and response length vs step"))
+    return "rl.png", "RL: accuracy, policy entropy and response length vs step", fig
 
+
+def _passk_figure(plt: Any, study: Path, groups: dict[str, list[dict[str, Any]]]) -> tuple[str, str, Any]:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for i, (name, runs) in enumerate(groups.items()):
         for stage, style in (("rl", "-"), ("rl/initial", ":")):
@@ -207,11 +214,7 @@ def make_figures(study: Path, summary: dict[str, Any]) -> list[tuple[str, str]]:
     ax.set_title("Pass@k after RL (dotted: before RL)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(fig_dir / "passk.png", dpi=110)
-    plt.close(fig)
-    made.append(("passk.png", "Pass@k vs k, after RL (solid) and before (dotted)"))
-    return made
+    return "passk.png", "Pass@k vs k, after RL (solid) and before (dotted)", fig
 
 
 def _config_bars(
@@ -272,104 +275,75 @@ def verdict(a: list[float], b: list[float], *, larger: bool) -> str:
     return "inconclusive (within the spread across seeds)"
 
 
-def claims(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
-    g = _by_config(summary)
-
-    def v(name: str, stage: str, key: str) -> list[float]:
-        return _values(g.get(name, []), stage, key)
-
+def claims(summary: dict[str, Any], checked: Sequence[Claim] = PAPER_CLAIMS) -> list[tuple[str, str, str]]:
+    """One row (claim, measured, verdict) per claim in ``checked``. A claim on configurations the study
+    does not have (other ``--configs``) says which are missing rather than reporting an empty comparison."""
+    present = {run["name"] for run in summary["runs"]}
     rows: list[tuple[str, str, str]] = []
-
-    def add(claim: str, a: list[float], b: list[float], larger: bool, what: str) -> None:
-        rows.append((claim, f"{_fmt(a)} vs {_fmt(b)} ({what})", verdict(a, b, larger=larger)))
-
-    add(
-        "Lower entropy after pre-training with beta=-0.25 than CE",
-        v("beta=-0.25", "pretrain", "entropy"),
-        v("CE", "pretrain", "entropy"),
-        False,
-        "entropy",
-    )
-    add(
-        "Higher entropy after pre-training with beta=0.5 than CE",
-        v("beta=0.5", "pretrain", "entropy"),
-        v("CE", "pretrain", "entropy"),
-        True,
-        "entropy",
-    )
-    ppl = {n: _mean_std(v(n, "pretrain", "ppl"))[0] for n in ("CE", "beta=-0.25", "beta=0.5")}
-    finite = [p for p in ppl.values() if math.isfinite(p)]
-    if len(finite) >= 2:
-        spread = max(finite) / min(finite) - 1
-        rows.append(
-            (
-                "Perplexity converges to comparable values for every beta",
-                ", ".join(f"{n}: {p:.2f}" for n, p in ppl.items()) + f" (max/min - 1 = {spread:.1%})",
-                "reproduced (within 10%)" if spread <= 0.10 else "not reproduced (more than 10% apart)",
-            )
-        )
-
-    def bench(name: str, stage: str) -> list[float]:
-        return [
-            (a + b) / 2
-            for a, b in zip(v(name, stage, "knowledge"), v(name, stage, "reasoning"), strict=False)
-        ]
-
-    add(
-        "Pre-training average: beta=-0.25 above CE",
-        bench("beta=-0.25", "pretrain"),
-        bench("CE", "pretrain"),
-        True,
-        "mean of knowledge and reasoning",
-    )
-    add(
-        "Mid-training knowledge: beta=-0.25 at least CE's",
-        v("beta=-0.25", "midtrain", "knowledge"),
-        v("CE", "midtrain", "knowledge"),
-        True,
-        "knowledge",
-    )
-    add(
-        "Mid-training reasoning: beta=-0.25 above CE",
-        v("beta=-0.25", "midtrain", "reasoning"),
-        v("CE", "midtrain", "reasoning"),
-        True,
-        "reasoning",
-    )
-    add(
-        "RL Avg@k: beta=-0.25 above CE",
-        v("beta=-0.25", "rl", "avg@k"),
-        v("CE", "rl", "avg@k"),
-        True,
-        "Avg@k after RL",
-    )
-    add(
-        "RL Avg@k: lam_tail=-0.1 above CE",
-        v("lam_tail=-0.1", "rl", "avg@k"),
-        v("CE", "rl", "avg@k"),
-        True,
-        "Avg@k after RL",
-    )
-    add(
-        "RL Pass@k: lam_head=0.1 keeps Pass@k at least CE's",
-        v("lam_head=0.1", "rl", "pass@k"),
-        v("CE", "rl", "pass@k"),
-        True,
-        "Pass@k after RL",
-    )
-    gains = [
-        r["rl"].get("avg@k", float("nan")) - r["rl"].get("initial", {}).get("avg@k", float("nan"))
-        for r in summary["runs"]
-        if r.get("rl")
-    ]
-    add(
-        "RL raises Avg@k over the starting model (all configurations)",
-        gains,
-        [0.0] * len(gains),
-        True,
-        "Avg@k gain",
-    )
+    for claim in checked:
+        missing = [name for name in claim.configs if name not in present]
+        if missing:
+            rows.append((claim.text, "–", _not_in_study(missing)))
+            continue
+        row = _comparable(summary, claim) if claim.kind == "comparable" else _compared(summary, claim)
+        if row is not None:
+            rows.append((claim.text, *row))
     return rows
+
+
+def _not_in_study(missing: list[str]) -> str:
+    names = ", ".join(repr(name) for name in missing)
+    return f"not measured: the study has no configuration{'s' if len(missing) > 1 else ''} named {names}"
+
+
+def _runs(summary: dict[str, Any], names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The runs of the named configurations (every run when none is named), in the summary's order."""
+    return [run for run in summary["runs"] if not names or run["name"] in names]
+
+
+def _metric(runs: list[dict[str, Any]], claim: Claim) -> list[float]:
+    """The claim's metric per run; several keys are averaged, pairing the runs that report each."""
+    values = [_values(runs, claim.stage, key) for key in claim.keys]
+    if len(values) == 1:
+        return values[0]
+    return [sum(vs) / len(vs) for vs in zip(*values, strict=False)]
+
+
+def _gain_per_run(runs: list[dict[str, Any]], claim: Claim) -> list[float]:
+    """Per run with the stage evaluated: the metric minus its value on the starting model (NaN if absent)."""
+
+    def value(run: dict[str, Any], prefix: str) -> float:
+        vs = [(_values([run], claim.stage, prefix + key) or [float("nan")])[0] for key in claim.keys]
+        return vs[0] if len(vs) == 1 else sum(vs) / len(vs)
+
+    return [value(run, "") - value(run, "initial/") for run in runs if _stage_dict(run, claim.stage)]
+
+
+def _compared(summary: dict[str, Any], claim: Claim) -> tuple[str, str]:
+    if claim.kind == "gain":
+        a = _gain_per_run(_runs(summary, claim.configs), claim)
+        b = [0.0] * len(a)
+    else:
+        a, b = (_metric(_runs(summary, (name,)), claim) for name in claim.configs)
+    larger = claim.kind != "below"
+    return f"{_fmt(a)} vs {_fmt(b)} ({claim.label})", verdict(a, b, larger=larger)
+
+
+def _comparable(summary: dict[str, Any], claim: Claim) -> tuple[str, str] | None:
+    """Whether the configurations' means lie within the tolerance; no row when fewer than two are measured."""
+    names = claim.configs or tuple(dict.fromkeys(run["name"] for run in summary["runs"]))
+    means = {name: _mean_std(_metric(_runs(summary, (name,)), claim))[0] for name in names}
+    finite = [m for m in means.values() if math.isfinite(m)]
+    if len(finite) < 2:
+        return None
+    spread = max(finite) / min(finite) - 1
+    within = f"{claim.tolerance:.0%}"
+    return (
+        ", ".join(f"{name}: {m:.2f}" for name, m in means.items()) + f" (max/min - 1 = {spread:.1%})",
+        f"reproduced (within {within})"
+        if spread <= claim.tolerance
+        else f"not reproduced (more than {within} apart)",
+    )
 
 
 def _gain(runs: list[dict[str, Any]]) -> str:
@@ -476,7 +450,7 @@ def render(study: Path, summary: dict[str, Any]) -> str:
     out += [
         "## The paper's claims at this scale",
         "",
-        _table(["claim (PAPER.md §4)", "measured", "verdict"], [list(c) for c in claims(summary)]),
+        _table(["claim (docs/method.md §8)", "measured", "verdict"], [list(c) for c in claims(summary)]),
         "",
     ]
     out += ["Figures: " + ", ".join(f"`figures/{f}` ({d})" for f, d in figures), ""]
