@@ -7,7 +7,9 @@ errors answer at once. Errors are one line on stderr with a non-zero exit; ``--d
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 EXIT_ERROR = 2
@@ -131,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         argv.remove("--debug")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    previous = _interrupt_during_start_up() if args.command != "report" else {}
     try:
         if args.command in ("pretrain", "midtrain", "rl"):
             return _run_stage(args, extra)
@@ -155,7 +158,30 @@ def main(argv: list[str] | None = None) -> int:
         prefix = "error" if known else f"internal error ({type(err).__name__})"
         print(f"rlready: {prefix}: {message}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
+
+
+def _interrupt_during_start_up() -> dict[int, object]:
+    """SIGTERM/SIGINT before a stage or the study takes over its signals (importing torch and transformers
+    alone takes seconds) end the command like any interruption: exit 3 and a message. Returns the handlers
+    to put back."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    from rlready.errors import Interrupted
+
+    raised = []
+
+    def handle(signum: int, _frame: object) -> None:
+        if not raised:  # once: a second signal must not interrupt the first one's clean-up
+            raised.append(signum)
+            raise Interrupted(
+                f"interrupted by {signal.Signals(signum).name} during start-up; run the same command to resume"
+            )
+
+    return {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
 
 if __name__ == "__main__":

@@ -116,38 +116,51 @@ def _start_study(env: Path, out: Path, configs: Path) -> subprocess.Popen:
     )
 
 
+def _end(study: subprocess.Popen, stage: Path) -> None:
+    """Whatever a failed assertion left running: the study and its stage."""
+    for pid in (study.pid, lock_holder(stage)):
+        if pid is not None and alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    study.wait()
+
+
 def test_study_forwards_sigterm_to_its_stage_and_its_stage_dies_with_it(env, tmp_path):
     configs = tmp_path / "configs.yaml"
     configs.write_text("- {name: CE}\n")
     out = tmp_path / "study"
     stage = out / "runs" / "CE-s0" / "pretrain"
+    log = stage.parent / "pretrain.log"
 
     study = _start_study(env, out, configs)
-    wait_for(lambda: (stage / "metrics.jsonl").is_file(), 300, "the stage to train")
-    pid = lock_holder(stage)
-    assert pid is not None and alive(pid)
-    study.send_signal(signal.SIGTERM)
-    _, err = study.communicate(timeout=300)
+    try:
+        wait_for(lambda: (stage / "metrics.jsonl").is_file(), 300, "the stage to train")
+        pid = lock_holder(stage)
+        assert pid is not None and alive(pid)
+        study.send_signal(signal.SIGTERM)
+        _, err = study.communicate(timeout=300)
+    finally:
+        _end(study, stage)
     assert study.returncode == 3, err
     assert err.strip().splitlines()[-1] == (
         "rlready: study interrupted by SIGTERM; its running stages checkpointed; run the same command to resume"
     )
     assert not alive(pid)
     assert [p.name for p in (stage / "checkpoints").iterdir() if p.name.startswith("step_")]
-    assert "interrupted at step" in (stage.parent / "pretrain.log").read_text()
+    assert "interrupted at step" in log.read_text()
 
     # The same command resumes; killed outright, the study takes its stage with it (the kernel's
     # parent-death signal), so no stage runs on unowned and a re-run never finds two copies of one.
     study = _start_study(env, out, configs)
-    wait_for(lambda: lock_holder(stage) not in (None, pid), 300, "the resumed stage")
-    pid = lock_holder(stage)
-    wait_for(
-        lambda: "resuming from" in (stage.parent / "pretrain.log").read_text(), 300, "the stage to resume"
-    )
-    study.send_signal(signal.SIGKILL)
-    study.communicate(timeout=60)
-    wait_for(lambda: not alive(pid), 120, "the orphaned stage to end")
-    assert "interrupted" in (stage.parent / "pretrain.log").read_text().splitlines()[-1]
+    try:
+        wait_for(lambda: lock_holder(stage) not in (None, pid), 300, "the resumed stage")
+        pid = lock_holder(stage)
+        wait_for(lambda: "resuming from" in log.read_text(), 300, "the stage to resume")
+        study.send_signal(signal.SIGKILL)
+        study.communicate(timeout=60)
+        wait_for(lambda: not alive(pid), 120, "the orphaned stage to end")
+    finally:
+        _end(study, stage)
+    assert "interrupted" in log.read_text().splitlines()[-1]
 
 
 def test_sigterm_during_rl_start_up_or_its_first_evaluation_exits_3_with_the_message(env, tmp_path):
@@ -163,9 +176,14 @@ def test_sigterm_during_rl_start_up_or_its_first_evaluation_exits_3_with_the_mes
     cmd = [rlready, "rl", "--init", str(pre / "final"), "--out", str(out), "--eval.reasoning_problems", "64"]
     cmd += ["--eval.samples", "8", "--eval.max_new_tokens", "24", "--log.progress", "lines"]
     rl = subprocess.Popen(cmd, env=proc_env(env), stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: (out / "config.json").is_file(), 300, "the RL stage to claim --out")
-    rl.send_signal(signal.SIGTERM)
-    _, err = rl.communicate(timeout=120)
+    try:
+        wait_for(lambda: (out / "config.json").is_file(), 300, "the RL stage to claim --out")
+        rl.send_signal(signal.SIGTERM)
+        _, err = rl.communicate(timeout=120)
+    finally:
+        if rl.poll() is None:
+            rl.kill()
+            rl.wait()
     assert rl.returncode == 3, err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
@@ -173,3 +191,21 @@ def test_sigterm_during_rl_start_up_or_its_first_evaluation_exits_3_with_the_mes
         "; run the same command to resume"
     )
     assert not (out / "eval_initial.json").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_command_starts_exits_3_with_the_message(env, tmp_path, sig):
+    """Seconds go by importing torch and transformers before a stage handles its own signals."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [venv_script("rlready"), "pretrain", "--out", str(out), *stage_args(env)],
+        env=proc_env(env),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    assert err.strip().splitlines()[-1].startswith(f"rlready: interrupted by {sig.name} during ")
+    assert not out.exists() or not (out / "checkpoints").exists()

@@ -131,7 +131,7 @@ def test_study_overwrite_refuses_a_foreign_study_json(tmp_path):
     (out / "study.json").write_text('{"another": "tool"}')
     (out / "results.csv").write_text("1\n")
     before = tree(out)
-    settings = {"preset": "tiny", "seeds": 1, "configs": [StudyConfig("CE").__dict__], "overrides": []}
+    settings = {"preset": "tiny", "seeds": 1, "configs": [StudyConfig("CE").to_dict()], "overrides": []}
     with pytest.raises(ConfigError, match="holds no rlready run"):
         _claim_study(out, settings, overwrite=True)
     assert tree(out) == before
@@ -197,3 +197,53 @@ def test_lock_of_a_killed_process_is_not_stale(tmp_path):
         holder.wait()
     time.sleep(0.1)
     rundir.RunLock(out).release()  # the kernel dropped the dead holder's lock
+
+
+def test_lock_never_writes_through_a_symlink(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("VICTIM DATA\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / rundir.LOCK).symlink_to(victim)
+    with pytest.raises(ConfigError, match="holds no rlready run"):  # not a lock: a file of someone else's
+        rundir.claim(out, cfg(), overwrite=False)
+    with pytest.raises(
+        ConfigError, match="not a lock file rlready can use"
+    ):  # and the lock itself refuses it
+        rundir.RunLock(out)
+    assert victim.read_text() == "VICTIM DATA\n"
+    (out / rundir.LOCK).unlink()
+    (out / rundir.LOCK).mkdir()
+    with pytest.raises(ConfigError, match="not a lock file rlready can use"):
+        rundir.RunLock(out)
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [
+        '{"rlready": true, "kind": "pretrain"}',
+        '{"rlready": 1.0, "kind": "rl"}',
+        '{"rlready": 1, "kind": "x"}',
+    ],
+)
+def test_only_a_well_formed_marker_counts(tmp_path, marker):
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / rundir.MARKER).write_text(marker)
+    (out / "thesis.txt").write_text("years of work\n")
+    before = tree(out)
+    with pytest.raises(ConfigError, match="holds no rlready run"):
+        rundir.claim(out, cfg(), overwrite=True)
+    assert tree(out) == before
+
+
+def test_a_symlinked_marker_does_not_count(tmp_path):
+    real = a_run(tmp_path / "real")
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / rundir.MARKER).symlink_to(real / rundir.MARKER)
+    (out / "thesis.txt").write_text("years of work\n")
+    before = tree(out)
+    with pytest.raises(ConfigError, match="holds no rlready run"):
+        rundir.claim(out, cfg(), overwrite=True)
+    assert tree(out) == before

@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -60,19 +61,26 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
 # -- what a directory holds ------------------------------------------------------------------------------
 
 
+def _is_lock(p: Path) -> bool:
+    return p.name == LOCK and p.is_file() and not p.is_symlink()
+
+
 def entries(out: Path) -> list[str]:
     """Names in ``out`` other than the lock file (a lock alone is an empty directory)."""
-    return sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
+    return sorted(p.name for p in out.iterdir() if not _is_lock(p)) if out.is_dir() else []
 
 
 def read_marker(out: Path) -> dict[str, Any] | None:
     """The marker of an rlready run in ``out``, or None (absent, unreadable, or not ours)."""
+    path = out / MARKER
+    if path.is_symlink() or not path.is_file():  # only rlready writes it, always as a plain file
+        return None
     try:
-        marker = json.loads((out / MARKER).read_text())
+        marker = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    ok = isinstance(marker, dict) and marker.get("rlready") == FORMAT and isinstance(marker.get("kind"), str)
-    return marker if ok else None
+    ok = isinstance(marker, dict) and type(marker.get("rlready")) is int and marker["rlready"] == FORMAT
+    return marker if ok and marker.get("kind") in (*STAGE_KINDS, "study") else None
 
 
 def write_marker(out: Path, kind: str) -> None:
@@ -106,11 +114,15 @@ def check_replaceable(out: Path, kinds: tuple[str, ...], what: str) -> None:
     if reason is not None:
         raise ConfigError(f"--overwrite refused: --out {str(out)!r} {reason}")
     marker = read_marker(out)
-    if marker is None or marker["kind"] not in kinds:
-        held = "no rlready run" if marker is None else f"an rlready {marker['kind']} run, not {what}"
+    if marker is None:
         raise ConfigError(
-            f"--out {str(out)!r} is not empty and holds {held} (no {MARKER} of one); "
-            "--overwrite replaces only such runs: use another directory"
+            f"--out {str(out)!r} is not empty and holds no rlready run (no {MARKER}); "
+            "--overwrite replaces only rlready runs: use another directory"
+        )
+    if marker["kind"] not in kinds:
+        raise ConfigError(
+            f"--out {str(out)!r} holds an rlready {marker['kind']} run, not {what}; "
+            "--overwrite replaces only the same kind of run: use another directory"
         )
 
 
@@ -159,7 +171,16 @@ class RunLock:
 
     def __init__(self, out: Path) -> None:
         self.path = out / LOCK
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a symbolic link: the pid written below would land in whatever it points to
+            self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as err:
+            raise ConfigError(
+                f"--out {str(out)!r}: {LOCK} is not a lock file rlready can use ({err.strerror}); "
+                "use another directory"
+            ) from None
+        if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            self.release()
+            raise ConfigError(f"--out {str(out)!r}: {LOCK} is not a regular file; use another directory")
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
