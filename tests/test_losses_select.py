@@ -17,6 +17,7 @@ import torch
 from test_losses_reference import ref_loss
 
 from rlready.losses import fused_linear_shaped_cross_entropy, select, shaped_cross_entropy
+from rlready.losses.head import Head
 from rlready.losses.select import group_size, grouped_topk, head_terms, head_topk
 
 PATHS = ["kernel", "torch"]
@@ -146,7 +147,7 @@ def test_the_logits_op_leaves_its_input_alone(need_stats):
 # -- head_terms: the kernel and the torch path against torch.topk ------------------------------------------
 
 
-def assert_is_head(z: torch.Tensor, p: torch.Tensor, t: torch.Tensor, k: int, head: select.Head) -> None:
+def assert_is_head(z: torch.Tensor, p: torch.Tensor, t: torch.Tensor, k: int, head: Head) -> None:
     """``head`` against ``torch.topk``'s head of ``z``, with float64 sums over it."""
     assert_is_topk(z, k, z.gather(1, head.idx), head.idx)
     ref_z, ref_idx = torch.topk(z, k, dim=-1)
@@ -167,7 +168,7 @@ def assert_is_head(z: torch.Tensor, p: torch.Tensor, t: torch.Tensor, k: int, he
         torch.testing.assert_close(head.pz_all.double(), (p.double() * z.double()).sum(-1), **tol)
 
 
-def heads(z: torch.Tensor, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, select.Head]:
+def heads(z: torch.Tensor, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, Head]:
     gen = torch.Generator().manual_seed(seed)
     t = torch.randint(0, z.shape[1], (z.shape[0],), generator=gen)
     p = torch.softmax(z, -1)
@@ -289,15 +290,27 @@ def test_head_terms_take_any_integer_targets(path):
 
 def test_the_kernel_leaves_pytorch_thread_count_alone():
     """Starting numba's OpenMP pool sets the thread count PyTorch reads; under torchrun (one thread per
-    process) that oversubscribed the cores. A fresh process, since this one may have started the pool."""
+    process) that oversubscribed the cores. So the pool starts on the kernel's first call, not at import
+    (importing the loss touches no thread count), and PyTorch's count is given back then. A fresh process,
+    since this one may have started the pool."""
     pytest.importorskip("numba")
     code = (
-        "import torch\n"
+        "import os, torch\n"
+        "import numba.np.ufunc.parallel as pool\n"
+        "calls, set_threads = [], torch.set_num_threads\n"
+        "torch.set_num_threads = lambda n: calls.append(n) or set_threads(n)\n"
+        "before = (torch.get_num_threads(), os.environ.get('OMP_NUM_THREADS'))\n"
+        "import rlready.losses.head_cpu\n"
         "from rlready.losses import shaped_cross_entropy\n"
-        "z = torch.randn(8, 400)\n"
-        "shaped_cross_entropy(z, torch.zeros(8, dtype=torch.long), lam_tail=-0.1, k=20)\n"
-        "print(torch.get_num_threads())\n"
+        "after = (torch.get_num_threads(), os.environ.get('OMP_NUM_THREADS'))\n"
+        "assert after == before, f'import changed the threads: {before} -> {after}'\n"
+        "assert not calls, f'import set the thread count: {calls}'\n"
+        "assert not pool._is_initialized, 'import started the numba thread pool'\n"
+        "shaped_cross_entropy(torch.randn(8, 400), torch.zeros(8, dtype=torch.long), lam_tail=-0.1, k=20)\n"
+        "assert pool._is_initialized, 'the kernel did not run'\n"
+        "print(torch.get_num_threads(), os.environ.get('OMP_NUM_THREADS'))\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="2")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["1"]
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1"]

@@ -1,8 +1,8 @@
-"""The head terms of one block of logit rows on CPU, in one numba kernel (PAPER.md §3).
+"""The head terms of one block of logit rows on CPU, in one numba kernel (docs/method.md §4.7).
 
 The shaped loss needs, per row, the top-k set ``K_t`` and a few sums over it. ``torch.topk`` on CPU copies
-every row into (value, index) pairs and runs ``nth_element`` with a NaN-aware comparator: about 2 ns per
-logit per row, so at the tiny preset (``V = 2048``, ``k = 100``) selecting the head costs more than the
+every row into (value, index) pairs and runs ``nth_element`` with a NaN-aware comparator; at the tiny
+preset (``V = 2048``, ``k = 100``) selecting the head that way costs more than the
 softmax and the LM-head matmul of the same chunk together. No library has a faster exact CPU top-k for
 PyTorch tensors, so this module compiles one with numba (JIT, cached on disk) and computes the head's sums
 in the same passes. Per row, rows spread over ``torch.get_num_threads()`` threads:
@@ -32,11 +32,13 @@ numba is optional (``pip install "rlready[cpu]"``); without it ``select.head_ter
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 import torch
 
-from .select import Head
+from .head import Head
 
 # Top bits of the key searched for the bound L (step 3): sign, exponent and the first mantissa bits. Fewer
 # bits make that search cheaper and L lower (more candidates in step 4); L is a valid bound either way.
@@ -62,19 +64,26 @@ def _threads() -> int:
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
+_pool_lock = threading.Lock()
+_pool_started = False
+
+
 def _start_threads() -> None:
-    """Start numba's thread pool, then give PyTorch back its thread count.
+    """Start numba's thread pool, once, then give PyTorch back its thread count.
 
     Starting numba's OpenMP pool sets the OpenMP thread count that PyTorch reads to ``NUMBA_NUM_THREADS``
     (all cores). Left so, two one-thread processes under ``torchrun`` on two cores each ran two PyTorch
-    threads, and the loop ran at a third of its speed.
+    threads, and the loop ran at a third of its speed. It starts on the kernel's first call, not at import,
+    so that importing the loss touches no thread count. The lock makes a concurrent first call wait until
+    the count is given back, rather than read the pool's and keep it.
     """
-    threads = torch.get_num_threads()
-    numba.set_num_threads(_threads())  # starts the pool
-    torch.set_num_threads(threads)
-
-
-_start_threads()
+    global _pool_started
+    with _pool_lock:
+        if not _pool_started:
+            threads = torch.get_num_threads()
+            numba.set_num_threads(_threads())  # starts the pool
+            torch.set_num_threads(threads)
+            _pool_started = True
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -208,6 +217,7 @@ def head_rows(z: torch.Tensor, p: torch.Tensor, targets: torch.Tensor, k: int) -
     in_head = torch.empty(n, dtype=torch.bool)
     if n:
         zn = z.numpy()
+        _start_threads()
         threads = _threads()
         numba.set_num_threads(threads)
         _head_rows(

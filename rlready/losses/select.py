@@ -1,11 +1,11 @@
-"""The head ``K_t`` of the local-entropy terms (PAPER.md §3): each row's exact top-k and the sums over it.
+"""The head ``K_t`` of the local-entropy terms (docs/method.md §4.7): each row's exact top-k and its sums.
 
 ``head_terms`` is what the loss calls. On CPU with numba installed it is one compiled kernel
 (``head_cpu``); elsewhere (GPUs, installs without numba) it is ``head_topk`` plus a few ``[n, k]`` ops.
 
 ``torch.topk`` on CPU copies every row into (value, index) pairs and runs ``nth_element`` on them: for the
-tiny preset (``V = 2048``, ``k = 100``) that is about 4 ns per logit, more than the softmax and the LM-head
-matmul of the same chunk together. Without numba, ``head_topk`` gives the same result on CPU with two much
+tiny preset (``V = 2048``, ``k = 100``) that costs more than the softmax and the LM-head matmul of the same
+chunk together. Without numba, ``head_topk`` gives the same result on CPU with two much
 narrower ``topk`` calls (BENCHMARKS.md, the top-k selection table under "Loss"):
 
 1. split the row into ``G = V // g`` strided groups of ``g`` logits (group ``j`` holds columns
@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
 
 import torch
+
+from .head import Head
 
 
 def group_size(V: int, k: int) -> int:
@@ -61,19 +62,6 @@ def head_topk(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     if g == 1:
         return torch.topk(z, k, dim=-1, sorted=False)
     return grouped_topk(z, k, g)
-
-
-class Head(NamedTuple):
-    """The head ``K_t`` of each row and the sums over it that the loss needs."""
-
-    idx: torch.Tensor  # [n, k] columns of the top-k logits, unordered
-    p: torch.Tensor  # [n, k] their probabilities
-    mass: torch.Tensor  # [n] sum of p over the head
-    pz: torch.Tensor  # [n] sum of p z over the head
-    z_max: torch.Tensor  # [n] the row maximum (it is in the head)
-    p_max: torch.Tensor  # [n] its probability
-    in_head: torch.Tensor  # [n] bool: the target is in the head
-    pz_all: torch.Tensor | None  # [n] sum of p z over the row, when it came for free (the CPU kernel)
 
 
 @functools.cache
