@@ -31,7 +31,7 @@ from rlready.losses.select import group_size, grouped_topk
 
 
 def naive_shaped(z, t, beta=0.0, lam_head=0.0, lam_tail=0.0, k=100):
-    """Direct autograd form of PAPER.md §3 (what the fused row math replaces)."""
+    """Direct autograd form of docs/method.md §4.1 (what the fused row math replaces)."""
     logp = torch.log_softmax(z, -1)
     with torch.no_grad():
         p = logp.exp()

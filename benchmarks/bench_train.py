@@ -129,9 +129,9 @@ def hf_trainer_tokens_per_s(tmp: Path, steps: int) -> float:
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from rlready.config import resolve
     from rlready.data.loader import PackedBatches
     from rlready.models import build_config, build_model
+    from rlready.recipes import resolve
     from rlready.train import dist
     from rlready.train.lm import check_inputs, load_data
 

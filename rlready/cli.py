@@ -105,7 +105,7 @@ def _run_report(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _run_stage(args: argparse.Namespace, extra: list[str]) -> int:
-    from rlready import config
+    from rlready import config, recipes
     from rlready.train.loop import die_with_parent
 
     die_with_parent()
@@ -113,7 +113,7 @@ def _run_stage(args: argparse.Namespace, extra: list[str]) -> int:
     overrides = config.parse_overrides(extra)
     if args.init is not None:
         overrides.append(("model.init", args.init))
-    cfg = config.resolve(args.command, args.preset, file=args.config, overrides=overrides)
+    cfg = recipes.resolve(args.command, args.preset, file=args.config, overrides=overrides)
     if args.command == "rl":
         from rlready.train import rl as stage
     else:

@@ -1,7 +1,7 @@
 """Typed run configuration: sections of dataclasses, file + ``--section.field VALUE`` overrides, validation.
 
-A run's configuration is resolved in this order: the stage's defaults for the preset, then a YAML/TOML file
-(``--config``), then command-line overrides. The resolved configuration is saved in the run directory; a run
+A run's configuration is resolved (``rlready.recipes.resolve``) in this order: the stage's defaults for the
+preset, then a YAML/TOML file (``--config``), then command-line overrides. The resolved configuration is saved in the run directory; a run
 directory whose saved configuration differs is refused (``--overwrite`` replaces it explicitly).
 
 Written here rather than taken from a config library (hydra, omegaconf, tyro) to keep the dependency set to
@@ -19,6 +19,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rlready.losses.schedules import SCHEDULES, Constant, Schedule, parse_schedule, weighting_at
 
 STAGES = ("pretrain", "midtrain", "rl")
 
@@ -95,31 +97,56 @@ class DataConfig:
         _at_most("data.reasoning_max_steps", self.reasoning_max_steps, MAX_PROBLEM_STEPS)
 
 
+# The knobs that follow a schedule over training, and all the fields that define the objective (chunk_size
+# only trades memory for speed): what a configuration of a study sets and records.
+SCHEDULED_KNOBS = ("beta", "lam_head", "lam_tail")
+LOSS_KNOBS = (*SCHEDULED_KNOBS, "k")
+
+
 @dataclass
 class LossConfig:
-    """The loss knobs (docs/method.md §3, §4.6): ``beta``, ``lam_head``, ``lam_tail`` are each a number or
-    ``linear|cosine:START:END``."""
+    """The loss knobs (docs/method.md §3, §4.6): ``beta``, ``lam_head``, ``lam_tail`` are schedules over training
+    progress (a constant is one), given as a number or ``linear|cosine:START:END`` and parsed here, once; each
+    is saved as the text it was given."""
 
-    beta: str = "0.0"
-    lam_head: str = "0.0"
-    lam_tail: str = "0.0"
+    beta: Schedule = Constant(0.0)
+    lam_head: Schedule = Constant(0.0)
+    lam_tail: Schedule = Constant(0.0)
     k: int = 100
     chunk_size: int | None = None  # fused loss token chunk; None: Liger's rule (see losses/fused_linear.py)
 
-    def validate(self) -> None:
-        from rlready.losses.schedules import parse_schedule
+    def __post_init__(self) -> None:
+        self._parse_knobs()
 
-        for name in ("beta", "lam_head", "lam_tail"):
-            try:
-                parse_schedule(getattr(self, name))
-            except ValueError as err:
-                raise ConfigError(f"loss.{name}: {err}") from None
+    def _parse_knobs(self) -> None:
+        for name in SCHEDULED_KNOBS:
+            setattr(self, name, _schedule(f"loss.{name}", getattr(self, name)))
+
+    def validate(self) -> None:
+        self._parse_knobs()  # a knob assigned as text after construction
         if self.k < 1:
             raise ConfigError(f"loss.k must be >= 1, got {self.k}")
         _at_most("loss.k", self.k, MAX_VOCAB_SIZE)  # a top-k over the vocabulary
         if self.chunk_size is not None:
             _positive("loss.chunk_size", self.chunk_size)
             _at_most("loss.chunk_size", self.chunk_size, MAX_ITEMS)
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether a knob changes over training; otherwise one weighting holds for the whole run."""
+        return not all(isinstance(getattr(self, name), Constant) for name in SCHEDULED_KNOBS)
+
+    def weighting(self, progress: float):  # -> rlready.losses.TokenWeighting
+        """The per-token weighting at ``progress``, the fraction of training done."""
+        return weighting_at(progress, self.beta, self.lam_head, self.lam_tail, self.k)
+
+    def knobs(self) -> dict[str, Any]:
+        """``{beta, lam_head, lam_tail, k}`` as saved (schedules as their text)."""
+        return {name: _plain(getattr(self, name)) for name in LOSS_KNOBS}
+
+    def to_overrides(self) -> list[tuple[str, str]]:
+        """The knobs as ``loss.*`` overrides, which resolve to the same knobs with the same saved text."""
+        return [(f"loss.{name}", str(value)) for name, value in self.knobs().items()]
 
 
 @dataclass
@@ -348,7 +375,25 @@ class RunConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _plain(self)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as config.json holds it: sections as mappings, schedules as the text they were given."""
+    if isinstance(value, SCHEDULES):
+        return str(value)
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value
+
+
+def _schedule(name: str, raw: Any) -> Schedule:
+    """A loss knob from a number, its text or a schedule; a ConfigError naming ``name`` otherwise."""
+    try:
+        # A number is read through its str(), the text config.json has always recorded for it (YAML 0: "0").
+        return parse_schedule(str(raw) if isinstance(raw, (int, float)) else raw)
+    except ValueError as err:
+        raise ConfigError(f"{name}: {err}") from None
 
 
 def _positive(name: str, value: int) -> None:
@@ -449,6 +494,8 @@ def _convert(name: str, raw: Any, tp: Any) -> Any:
         if not math.isfinite(value):
             raise ConfigError(f"{name} must be finite, got {raw!r}")
         return value
+    if tp is Schedule:
+        return _schedule(name, raw)
     if tp is str:
         if isinstance(raw, (dict, list)):
             raise ConfigError(f"{name} must be a string, got {raw!r}")
@@ -550,43 +597,6 @@ def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
         out.append((key, value))
         i += 1
     return out
-
-
-def resolve(
-    stage: str,
-    preset: str,
-    *,
-    file: str | Path | None = None,
-    overrides: list[tuple[str, str]] | None = None,
-    base: dict[str, Any] | None = None,
-) -> RunConfig:
-    """Stage defaults for the preset, then ``base`` (a mapping), the file, then overrides; validated."""
-    from rlready.train.defaults import stage_defaults
-
-    cfg = RunConfig(stage=stage)
-    cfg.model.preset = preset
-    cfg.model.validate()  # an unknown preset is reported before anything else
-    apply_mapping(cfg, stage_defaults(stage, preset), f"defaults of {stage}/{preset}")
-    if base:
-        apply_mapping(cfg, base, "base configuration")
-    if file is not None:
-        data = load_file(file)
-        # The command decides the stage; a file written for another stage is refused rather than mixed in.
-        if "stage" in data and data["stage"] != stage:
-            raise ConfigError(
-                f"config file {str(file)!r} is for stage {data['stage']!r}, not {stage!r} (the command)"
-            )
-        apply_mapping(cfg, data, str(file))
-    for key, value in overrides or []:
-        if key == "stage" and value != stage:
-            raise ConfigError(f"--stage {value!r} does not match the command {stage!r}")
-        set_field(cfg, key, value)
-    cfg.validate()
-    max_positions = model_max_positions(cfg)
-    if max_positions is not None:
-        origin = f"{cfg.model.init}/config.json" if cfg.model.init else f"preset {cfg.model.preset!r}"
-        check_lengths(cfg, max_positions, origin)
-    return cfg
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:

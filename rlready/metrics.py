@@ -1,6 +1,6 @@
 """Sample-based accuracy metrics for verifiable tasks: Avg@k, Cons@k and the unbiased Pass@k.
 
-PAPER.md §4 (Metrics) reports Avg@128 (mean accuracy of the samples), Cons@128 (majority vote) and
+The paper reports (docs/method.md §7) Avg@128 (mean accuracy of the samples), Cons@128 (majority vote) and
 Pass@64 with the unbiased estimator ``1 - C(n-c, k) / C(n, k)``. Everything here is exact: no
 bootstrap resampling, so two runs over the same samples give the same numbers.
 """
@@ -20,7 +20,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased estimate of the chance that at least one of ``k`` draws (without replacement) is correct.
 
     ``n`` samples were drawn, ``c`` of them correct. The estimator is ``1 - C(n-c, k) / C(n, k)``
-    (PAPER.md §4); it is evaluated as ``1 - prod_{i=n-c+1..n} (1 - k/i)``, which never forms the huge
+    (docs/method.md §7); it is evaluated as ``1 - prod_{i=n-c+1..n} (1 - k/i)``, which never forms the huge
     binomials (``C(128, 64)`` is about 2.4e37) and stays accurate in floating point.
     """
     for name, value in (("n", n), ("c", c), ("k", k)):

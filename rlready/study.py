@@ -31,11 +31,12 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlready.config import ConfigError
+from rlready import recipes
+from rlready.config import LOSS_KNOBS, SCHEDULED_KNOBS, ConfigError, LossConfig
 from rlready.errors import Interrupted
 from rlready.train import rundir
 from rlready.train.rundir import is_finished
@@ -45,23 +46,26 @@ STAGE_ORDER = ("pretrain", "midtrain", "rl")
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """One configuration compared in the study (docs/method.md §5.4: the five defaults below)."""
+    """One configuration compared in the study (docs/method.md §5.4: the five defaults below): a name and the
+    loss knobs its pre- and mid-training use (``loss.chunk_size`` is not one: it comes from the overrides)."""
 
     name: str
-    beta: str = "0.0"
-    lam_head: str = "0.0"
-    lam_tail: str = "0.0"
-    k: int = 100
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{name, beta, lam_head, lam_tail, k}``, as study.json and summary.json record it."""
+        return {"name": self.name, **self.loss.knobs()}
 
 
 # The report's claims (rlready/report/claims.py, PAPER_CLAIMS) compare these configurations by name.
 DEFAULT_CONFIGS = (
     StudyConfig("CE"),
-    StudyConfig("beta=-0.25", beta="-0.25"),
-    StudyConfig("beta=0.5", beta="0.5"),
-    StudyConfig("lam_tail=-0.1", lam_tail="-0.1", k=100),
-    StudyConfig("lam_head=0.1", lam_head="0.1", k=100),
+    StudyConfig("beta=-0.25", LossConfig(beta="-0.25")),
+    StudyConfig("beta=0.5", LossConfig(beta="0.5")),
+    StudyConfig("lam_tail=-0.1", LossConfig(lam_tail="-0.1", k=100)),
+    StudyConfig("lam_head=0.1", LossConfig(lam_head="0.1", k=100)),
 )
+_FIELDS = ("name", *LOSS_KNOBS)
 
 
 def load_configs(path: str | Path) -> list[StudyConfig]:
@@ -83,25 +87,27 @@ def load_configs(path: str | Path) -> list[StudyConfig]:
     else:
         data = load_file(p).get("configs")
     if not isinstance(data, list) or not data:
-        raise ConfigError(
-            f"{str(p)!r} must hold a non-empty list of configurations (name, beta, lam_head, lam_tail, k)"
-        )
+        raise ConfigError(f"{str(p)!r} must hold a non-empty list of configurations ({', '.join(_FIELDS)})")
     out: list[StudyConfig] = []
     for i, item in enumerate(data):
         if not isinstance(item, dict) or "name" not in item:
             raise ConfigError(f"configuration {i} in {str(p)!r} must be a mapping with a name")
-        unknown = set(item) - {"name", "beta", "lam_head", "lam_tail", "k"}
+        unknown = set(item) - set(_FIELDS)
         if unknown:
             raise ConfigError(f"configuration {item['name']!r}: unknown fields {sorted(unknown)}")
         name = str(item["name"])
         if not name or "/" in name or name.startswith("."):
             raise ConfigError(f"configuration name {name!r} must be a plain, non-empty file name")
-        fields = {key: str(item[key]) for key in ("beta", "lam_head", "lam_tail") if key in item}
+        knobs = {key: item[key] for key in SCHEDULED_KNOBS if key in item}
         try:
             k = int(item.get("k", 100))
         except (TypeError, ValueError):
             raise ConfigError(f"configuration {name!r}: k must be an integer") from None
-        out.append(StudyConfig(name, k=k, **fields))
+        try:
+            loss = LossConfig(**knobs, k=k)
+        except ConfigError as err:
+            raise ConfigError(f"configuration {name!r}: {err}") from None
+        out.append(StudyConfig(name, loss))
     names = [c.name for c in out]
     if len(set(names)) != len(names):
         raise ConfigError(f"configuration names must be unique, got {names}")
@@ -126,7 +132,6 @@ class Job:
     ) -> list[str]:
         """The stage's command line; ``launcher`` (e.g. ``torchrun --nproc_per_node 8``) starts the LM stages,
         whose processes then share the global batch. RL runs in one process (its rollouts scale with vLLM)."""
-        c = self.config
         start = launcher if launcher and stage != "rl" else [sys.executable]
         cmd = [
             *start,
@@ -142,18 +147,8 @@ class Job:
             previous = STAGE_ORDER[STAGE_ORDER.index(stage) - 1]
             cmd += ["--init", str(self.stage_dir(previous) / "final")]
         cmd += ["--seed", str(self.seed), "--log.progress", "lines"]
-        if stage != "rl":
-            cmd += [
-                "--loss.beta",
-                c.beta,
-                "--loss.lam_head",
-                c.lam_head,
-                "--loss.lam_tail",
-                c.lam_tail,
-                "--loss.k",
-                str(c.k),
-            ]
-        for key, value in stage_overrides(extra, stage):
+        loss = self.config.loss.to_overrides() if stage != "rl" else []
+        for key, value in loss + stage_overrides(extra, stage):
             cmd += [f"--{key}", value]
         return cmd
 
@@ -400,22 +395,18 @@ def run_study(
     # Validate the preset and every override once, up front, for each stage, before any process starts.
     for stage in STAGE_ORDER:
         init = [("model.init", "<previous stage>")] if stage != "pretrain" else []
-        resolved = cfgmod.resolve(stage, preset, overrides=stage_overrides(extra, stage) + init)
+        resolved = recipes.resolve(stage, preset, overrides=stage_overrides(extra, stage) + init)
         # Every stage's model is the pre-trained preset's, whose maximum context the chain keeps.
         resolved.model.init = None
         cfgmod.check_lengths(resolved, cfgmod.model_max_positions(resolved), f"preset {preset!r}")
     for c in configs:
-        cfgmod.resolve(
-            "pretrain",
-            preset,
-            overrides=[
-                ("loss.beta", c.beta),
-                ("loss.lam_head", c.lam_head),
-                ("loss.lam_tail", c.lam_tail),
-                ("loss.k", str(c.k)),
-            ],
-        )
-    settings = {"preset": preset, "seeds": seeds, "configs": [asdict(c) for c in configs], "overrides": extra}
+        recipes.resolve("pretrain", preset, overrides=c.loss.to_overrides())
+    settings = {
+        "preset": preset,
+        "seeds": seeds,
+        "configs": [c.to_dict() for c in configs],
+        "overrides": extra,
+    }
     with _claim_study(out, settings, overwrite):
         return _run_jobs(out, configs, seeds, preset, extra, jobs, launch, debug)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlready import config
+from rlready import config, recipes
 
 SMALL = {
     "train.max_steps": "6",
@@ -49,7 +49,7 @@ def make_cfg(env: Path, stage: str = "pretrain", **extra: str) -> config.RunConf
     overrides = {**SMALL, "data.tokenizer": str(env / "tok"), **extra}
     if stage == "midtrain":  # keep the stage's own schedule: no warmup, decay over the whole run
         del overrides["train.warmup_steps"]
-    return config.resolve(stage, "tiny", overrides=list(overrides.items()))
+    return recipes.resolve(stage, "tiny", overrides=list(overrides.items()))
 
 
 def venv_script(name: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from rlready import config
+from rlready import config, recipes
 from rlready.train import lm
 
 SMALL = [
@@ -58,7 +58,7 @@ def world(tmp_path_factory):
     tokenizer.save_tokenizer(tok, root / "tok")
     base = [*SMALL, "--data.tokenizer", str(root / "tok")]
     overrides = config.parse_overrides(base)
-    lm.run(config.resolve("pretrain", "tiny", overrides=overrides), root / "run")
+    lm.run(recipes.resolve("pretrain", "tiny", overrides=overrides), root / "run")
     mp.undo()
 
     (root / "empty.txt").write_text("")

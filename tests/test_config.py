@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 
 import pytest
 
-from rlready import config
-from rlready.config import ConfigError, RunConfig
+from rlready import config, recipes
+from rlready.config import ConfigError, LossConfig, RunConfig
+from rlready.losses.schedules import Constant, Cosine, Linear, parse_schedule
 
 # One valid, non-default value per field of the pre-/mid-training sections (native Python types).
 VALUES: dict[str, object] = {
@@ -73,6 +75,11 @@ def _get(cfg: RunConfig, dotted: str) -> object:
     return obj
 
 
+def _expected(dotted: str, value: object) -> object:
+    """The configuration's value for ``value`` given to ``dotted``: loss knobs are parsed into schedules."""
+    return parse_schedule(value) if dotted in ("loss.beta", "loss.lam_head", "loss.lam_tail") else value
+
+
 def _as_cli(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -116,16 +123,17 @@ def test_table_covers_every_field_of_the_stage_sections():
 @pytest.mark.parametrize("dotted", sorted(VALUES))
 def test_each_field_from_the_command_line(dotted):
     value = VALUES[dotted]
-    default = _get(config.resolve("pretrain", "tiny"), dotted)
-    assert default != value  # otherwise the test would not show the override took effect
-    cfg = config.resolve(
+    expected = _expected(dotted, value)
+    default = _get(recipes.resolve("pretrain", "tiny"), dotted)
+    assert default != expected  # otherwise the test would not show the override took effect
+    cfg = recipes.resolve(
         "pretrain", "tiny", overrides=config.parse_overrides([f"--{dotted}", _as_cli(value)])
     )
-    assert _get(cfg, dotted) == value
-    cfg = config.resolve(
+    assert _get(cfg, dotted) == expected
+    cfg = recipes.resolve(
         "pretrain", "tiny", overrides=config.parse_overrides([f"--{dotted}={_as_cli(value)}"])
     )
-    assert _get(cfg, dotted) == value
+    assert _get(cfg, dotted) == expected
 
 
 @pytest.mark.parametrize("fmt", ["yaml", "toml"])
@@ -134,30 +142,30 @@ def test_every_field_from_a_file(tmp_path, fmt):
 
     path = tmp_path / f"run.{fmt}"
     path.write_text(yaml.safe_dump(_nested(VALUES)) if fmt == "yaml" else _toml(VALUES))
-    cfg = config.resolve("pretrain", "tiny", file=path)
+    cfg = recipes.resolve("pretrain", "tiny", file=path)
     for dotted, value in VALUES.items():
-        assert _get(cfg, dotted) == value, dotted
+        assert _get(cfg, dotted) == _expected(dotted, value), dotted
 
 
 def test_precedence_defaults_then_file_then_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("train:\n  max_steps: 50\n  lr: 0.01\n")
-    cfg = config.resolve("pretrain", "tiny", file=path, overrides=[("train.lr", "0.02")])
+    cfg = recipes.resolve("pretrain", "tiny", file=path, overrides=[("train.lr", "0.02")])
     assert (cfg.train.max_steps, cfg.train.lr) == (50, 0.02)
-    assert cfg.train.batch_size == config.resolve("pretrain", "tiny").train.batch_size
+    assert cfg.train.batch_size == recipes.resolve("pretrain", "tiny").train.batch_size
 
 
 def test_optional_fields_accept_none_and_integers_accept_integral_floats():
-    cfg = config.resolve(
+    cfg = recipes.resolve(
         "pretrain", "tiny", overrides=[("loss.chunk_size", "none"), ("train.max_steps", "1e3")]
     )
     assert cfg.loss.chunk_size is None and cfg.train.max_steps == 1000
-    cfg = config.resolve("pretrain", "tiny", overrides=[("train.max_steps", "1_000")])
+    cfg = recipes.resolve("pretrain", "tiny", overrides=[("train.max_steps", "1_000")])
     assert cfg.train.max_steps == 1000
 
 
 def test_midtrain_defaults_follow_the_paper_recipe():
-    pre, mid = config.resolve("pretrain", "tiny"), config.resolve("midtrain", "tiny")
+    pre, mid = recipes.resolve("pretrain", "tiny"), recipes.resolve("midtrain", "tiny")
     assert mid.model.rope_theta == 1e6
     assert mid.data.seq_len > pre.data.seq_len
     assert mid.train.lr == pre.train.lr and mid.train.final_lr == pytest.approx(pre.train.lr / 10)
@@ -201,19 +209,21 @@ def test_midtrain_defaults_follow_the_paper_recipe():
 )
 def test_bad_override_names_the_field(overrides, names):
     with pytest.raises(ConfigError, match=None) as err:
-        config.resolve("pretrain", "tiny", overrides=overrides)
+        recipes.resolve("pretrain", "tiny", overrides=overrides)
     assert names in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ConfigError, match="unknown preset 'huge'.*tiny"):
-        config.resolve("pretrain", "huge")
+        recipes.resolve("pretrain", "huge")
 
 
 def test_batch_must_split_into_micro_batches():
     with pytest.raises(ConfigError, match="train.micro_batch"):
-        config.resolve("pretrain", "tiny", overrides=[("train.batch_size", "10"), ("train.micro_batch", "4")])
+        recipes.resolve(
+            "pretrain", "tiny", overrides=[("train.batch_size", "10"), ("train.micro_batch", "4")]
+        )
 
 
 @pytest.mark.parametrize(
@@ -238,19 +248,19 @@ def test_bad_config_files(tmp_path, name, text, match):
     path = tmp_path / name
     path.write_text(text)
     with pytest.raises(ConfigError, match=match) as err:
-        config.resolve("pretrain", "tiny", file=path)
+        recipes.resolve("pretrain", "tiny", file=path)
     assert "\n" not in str(err.value)
 
 
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        config.resolve("pretrain", "tiny", file=tmp_path / "none.yaml")
+        recipes.resolve("pretrain", "tiny", file=tmp_path / "none.yaml")
 
 
 def test_empty_yaml_file_changes_nothing(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("")
-    assert config.resolve("pretrain", "tiny", file=path) == config.resolve("pretrain", "tiny")
+    assert recipes.resolve("pretrain", "tiny", file=path) == recipes.resolve("pretrain", "tiny")
 
 
 @pytest.mark.parametrize(
@@ -264,7 +274,7 @@ def test_malformed_override_arguments(args):
 
 
 def test_saved_config_round_trips():
-    cfg = config.resolve(
+    cfg = recipes.resolve(
         "midtrain", "tiny", overrides=[(k, _as_cli(v)) for k, v in VALUES.items() if k != "model.preset"]
     )
     text = config.dumps(cfg)
@@ -274,11 +284,115 @@ def test_saved_config_round_trips():
 
 
 def test_token_budget_sets_the_number_of_steps():
-    cfg = config.resolve(
+    cfg = recipes.resolve(
         "pretrain",
         "tiny",
         overrides=[("train.tokens", "100000"), ("train.batch_size", "16"), ("data.seq_len", "128")],
     )
     assert cfg.train.max_steps == 49  # ceil(100000 / (16 * 128))
     with pytest.raises(config.ConfigError, match="train.tokens must be >= 0"):
-        config.resolve("pretrain", "tiny", overrides=[("train.tokens", "-5")])
+        recipes.resolve("pretrain", "tiny", overrides=[("train.tokens", "-5")])
+
+
+# -- the loss knobs: schedules parsed once, saved as given ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        ("-0.25", Constant),
+        ("0", Constant),
+        (".5", Constant),
+        ("1e-5", Constant),
+        ("linear:0.5:0", Linear),
+        ("LINEAR:-0.25:0.0", Linear),
+        (" cosine:0.5:0 ", Cosine),
+    ],
+)
+def test_a_schedule_knob_round_trips_config_json_byte_identically(raw, kind):
+    saved = recipes.resolve("pretrain", "tiny").to_dict()
+    saved["loss"].update(beta=raw, lam_head="0.0", lam_tail=raw)
+    text = json.dumps(saved, indent=2, sort_keys=True) + "\n"
+    cfg = config.from_dict(json.loads(text))
+    assert isinstance(cfg.loss.beta, kind) and cfg.loss.beta == parse_schedule(raw)
+    assert config.dumps(cfg) == text
+
+
+def test_knobs_are_schedules_from_the_command_line_and_files(tmp_path):
+    cli = recipes.resolve(
+        "pretrain", "tiny", overrides=[("loss.beta", "-0.25"), ("loss.lam_tail", "linear:0:-0.1")]
+    )
+    assert cli.loss.beta == Constant(-0.25) and cli.loss.lam_tail == Linear(0.0, -0.1)
+    assert cli.loss.lam_head == Constant(0.0) and cli.loss.beta(0.7) == -0.25
+    # Numbers from a file are saved as their str(), as they always were.
+    yaml_file, toml_file = tmp_path / "run.yaml", tmp_path / "run.toml"
+    yaml_file.write_text("loss:\n  beta: -0.25\n  lam_head: 0\n  lam_tail: 'cosine:0.5:0'\n")
+    toml_file.write_text("[loss]\nbeta = -0.25\nlam_head = 0\nlam_tail = 1e-5\n")
+    from_yaml = recipes.resolve("pretrain", "tiny", file=yaml_file)
+    assert from_yaml.loss.lam_tail == Cosine(0.5, 0.0)
+    assert {k: from_yaml.to_dict()["loss"][k] for k in ("beta", "lam_head", "lam_tail")} == {
+        "beta": "-0.25",
+        "lam_head": "0",
+        "lam_tail": "cosine:0.5:0",
+    }
+    assert recipes.resolve("pretrain", "tiny", file=toml_file).to_dict()["loss"]["lam_tail"] == "1e-05"
+    # The default is the constant 0, saved as "0.0".
+    assert LossConfig().beta == Constant(0.0) and RunConfig().to_dict()["loss"]["beta"] == "0.0"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: recipes.resolve("pretrain", "tiny", overrides=[("loss.lam_tail", "linear:0")]),
+        lambda: config.from_dict({"loss": {"lam_tail": "cubic:0:1"}}),
+        lambda: config.from_dict({"loss": {"lam_tail": [1, 2]}}),
+        lambda: config.from_dict({"loss": {"lam_tail": True}}),
+        lambda: LossConfig(lam_tail="abc"),
+    ],
+    ids=["cli", "config.json", "list", "bool", "constructor"],
+)
+def test_an_invalid_knob_is_a_one_line_error_naming_the_field(make):
+    with pytest.raises(ConfigError, match=r"^loss\.lam_tail: bad schedule") as err:
+        make()
+    assert "\n" not in str(err.value)
+
+
+def test_a_knob_assigned_as_text_is_parsed_on_validation():
+    cfg = RunConfig()
+    cfg.loss.beta = "linear:-0.25:0"  # type: ignore[assignment]
+    cfg.validate()
+    assert cfg.loss.beta == Linear(-0.25, 0.0) and cfg.to_dict()["loss"]["beta"] == "linear:-0.25:0"
+
+
+def test_configs_pickle_and_compare_by_value():
+    cfg = recipes.resolve(
+        "pretrain", "tiny", overrides=[("loss.beta", ".5"), ("loss.lam_head", "cosine:1:0")]
+    )
+    again = pickle.loads(pickle.dumps(cfg))
+    assert again == cfg and config.dumps(again) == config.dumps(cfg)
+    # Equal knobs are equal (and hash alike) whatever their spelling; the spelling is what is saved.
+    assert cfg.loss.beta == parse_schedule("0.5") and hash(cfg.loss.beta) == hash(Constant(0.5))
+    assert str(cfg.loss.beta) == ".5"
+
+
+def test_weighting_follows_the_knobs():
+    loss = LossConfig(beta="linear:-0.5:0.5", lam_head=0.1, k=7)
+    assert loss.scheduled and not LossConfig(beta="-0.25").scheduled
+    w = loss.weighting(0.25)
+    assert (w.beta, w.lam_head, w.lam_tail, w.k) == (-0.25, 0.1, 0.0, 7)
+
+
+def test_loss_overrides_resolve_to_the_same_knobs_and_text():
+    loss = LossConfig(beta=".5", lam_tail="linear:0:-0.1", k=9, chunk_size=64)
+    assert loss.to_overrides() == [
+        ("loss.beta", ".5"),
+        ("loss.lam_head", "0.0"),
+        ("loss.lam_tail", "linear:0:-0.1"),
+        ("loss.k", "9"),
+    ]
+    cfg = recipes.resolve("pretrain", "tiny", overrides=loss.to_overrides())
+    assert (
+        cfg.loss.knobs()
+        == loss.knobs()
+        == {"beta": ".5", "lam_head": "0.0", "lam_tail": "linear:0:-0.1", "k": 9}
+    )

@@ -8,14 +8,14 @@ import json
 
 import pytest
 
-from rlready import cli, config
+from rlready import cli, config, recipes
 from rlready.config import ConfigError
 from rlready.models.presets import PRESETS
 
 
 def _error(stage: str = "pretrain", preset: str = "tiny", **kwargs) -> str:
     with pytest.raises(ConfigError) as err:
-        config.resolve(stage, preset, **kwargs)
+        recipes.resolve(stage, preset, **kwargs)
     message = str(err.value)
     assert "\n" not in message
     return message
@@ -51,7 +51,7 @@ def test_sizes_have_an_upper_bound(stage, overrides, names):
 
 
 def test_largest_allowed_sizes_resolve():
-    cfg = config.resolve(
+    cfg = recipes.resolve(
         "pretrain",
         "tiny",
         overrides=[
@@ -72,11 +72,11 @@ def test_seed_out_of_range_names_the_field_and_range(raw):
 
 def test_seed_range_ends_are_accepted():
     for seed in (0, 2**32 - 1):
-        assert config.resolve("pretrain", "tiny", overrides=[("seed", str(seed))]).seed == seed
+        assert recipes.resolve("pretrain", "tiny", overrides=[("seed", str(seed))]).seed == seed
 
 
 def test_max_positions_come_from_the_preset_or_the_init_config(tmp_path):
-    cfg = config.resolve("pretrain", "dense-1b")
+    cfg = recipes.resolve("pretrain", "dense-1b")
     assert config.model_max_positions(cfg) == PRESETS["dense-1b"].max_position_embeddings == 32768
     (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 96}))
     cfg.model.init = str(tmp_path)
@@ -111,19 +111,19 @@ def test_lengths_must_fit_the_init_model(tmp_path):
     assert "data.seq_len" in message and "200" in message and "config.json" in message
     message = _error("rl", overrides=[*init, ("rl.max_new_tokens", "200")])
     assert "rl.max_new_tokens" in message
-    cfg = config.resolve("rl", "tiny", overrides=[*init, ("rl.max_new_tokens", "199")])
+    cfg = recipes.resolve("rl", "tiny", overrides=[*init, ("rl.max_new_tokens", "199")])
     assert cfg.rl.max_new_tokens == 199  # RL trains on no windows: data.seq_len is not its concern
 
 
 def test_an_unreadable_init_is_left_to_the_stage():
-    cfg = config.resolve("midtrain", "tiny", overrides=[("model.init", "/nonexistent/model")])
+    cfg = recipes.resolve("midtrain", "tiny", overrides=[("model.init", "/nonexistent/model")])
     assert cfg.model.init == "/nonexistent/model"
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
 @pytest.mark.parametrize("stage", config.STAGES)
 def test_every_preset_default_fits_its_context(stage, preset):
-    config.resolve(stage, preset)
+    recipes.resolve(stage, preset)
 
 
 @pytest.mark.parametrize(("fmt", "text"), [("yaml", "stage: rl\n"), ("toml", 'stage = "rl"\n')])
@@ -132,12 +132,12 @@ def test_a_config_file_for_another_stage_is_refused(tmp_path, fmt, text):
     path.write_text(text + ("train:\n  max_steps: 5\n" if fmt == "yaml" else "[train]\nmax_steps = 5\n"))
     message = _error("pretrain", file=path)
     assert str(path) in message and "'rl'" in message and "'pretrain'" in message
-    assert config.resolve("rl", "tiny", file=path).train.max_steps == 5
+    assert recipes.resolve("rl", "tiny", file=path).train.max_steps == 5
 
 
 def test_a_stage_override_must_match_the_command():
     assert "--stage 'rl'" in _error("pretrain", overrides=[("stage", "rl")])
-    assert config.resolve("rl", "tiny", overrides=[("stage", "rl")]).stage == "rl"
+    assert recipes.resolve("rl", "tiny", overrides=[("stage", "rl")]).stage == "rl"
 
 
 @pytest.mark.parametrize(

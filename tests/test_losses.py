@@ -1,7 +1,8 @@
 """``rlready.losses`` (shaped loss, logits form) against F.cross_entropy and the naive reference.
 
-The reference (``test_losses_reference.py``) is plain autograd on ``-sum_a sg(w_a) log p_a`` (PAPER.md §3);
-fp64 comparisons use ~1e-9 relative tolerance so that any wrong weight, top-k set or reduction fails.
+The reference (``test_losses_reference.py``) is plain autograd on ``-sum_a sg(w_a) log p_a``
+(docs/method.md §4.1); fp64 comparisons use ~1e-9 relative tolerance so that any wrong weight, top-k set
+or reduction fails.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def test_reductions_match_reference_fp64(beta, reduction):
 @pytest.mark.parametrize("beta", BETAS)
 @pytest.mark.parametrize("lams", LAMS[2:])
 def test_gradient_is_p_times_s_minus_w(beta, lams):
-    """dL/dz_j = p_j * S - w_j with S = sum_a w_a (PAPER.md §3), for the summed loss."""
+    """dL/dz_j = p_j * S - w_j with S = sum_a w_a (docs/method.md §4.2), for the summed loss."""
     logits, targets = random_problem((9,), V, ignore_frac=0.2, seed=14)
     knobs = dict(beta=beta, lam_head=lams[0], lam_tail=lams[1], k=5)
     _, grad = run(shaped_cross_entropy, logits, targets, reduction="sum", **knobs)
@@ -160,7 +161,7 @@ def test_loss_is_invariant_to_a_logit_shift():
 
 
 def test_beta_sign_sets_the_push_on_the_target():
-    """beta < 0 amplifies the target reward, beta > 0 attenuates it (PAPER.md §2)."""
+    """beta < 0 amplifies the target reward, beta > 0 attenuates it (docs/method.md §3)."""
     logits, targets = random_problem((8,), V, seed=17)
     push = {}
     for beta in (-0.25, 0.0, 0.5):

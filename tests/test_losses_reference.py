@@ -1,7 +1,7 @@
-"""Naive reference for the shaped loss, written from PAPER.md §1-3, and checks of the reference itself.
+"""Naive reference for the shaped loss, written from docs/method.md §2-4, and checks of the reference itself.
 
 The reference shares no code with ``rlready.losses``: it is plain PyTorch autograd on the surrogate
-``L = -sum_a sg(w_a) * log p_a`` (PAPER.md §3), with the weights taken literally from the formulas.
+``L = -sum_a sg(w_a) * log p_a`` (docs/method.md §4.1), with the weights taken literally from the formulas.
 The other ``test_losses*.py`` files import it (pytest puts ``tests/`` on ``sys.path``); the tests here make
 sure the reference is right before anything is compared against it.
 """
@@ -38,7 +38,7 @@ def ref_weights(
     n, v = logp.shape
     p = logp.exp()
     lpx = logp.gather(-1, targets[:, None]).squeeze(-1)
-    one_minus_px = -torch.expm1(lpx)  # 1 - p_x without cancellation (PAPER.md §3)
+    one_minus_px = -torch.expm1(lpx)  # 1 - p_x without cancellation (docs/method.md §4.3)
     exponent = alpha + 1.0 - one_minus_px**beta
     w_x = torch.exp(exponent * lpx) * one_minus_px**gamma
     # At p_x == 1 exactly, beta < 0 gives inf * 0 above. The limit of p^(-(1-p)^beta) as p -> 1 is
@@ -160,7 +160,7 @@ def test_reference_autograd_matches_closed_form_gradient(beta, lams, k):
 
 
 def test_reference_weights_are_probability_times_paper_reward():
-    """w_a = p_a * r_a with r from PAPER.md §2 written out literally (r_pos = (1/p_x)^((1-p_x)^beta))."""
+    """w_a = p_a * r_a with r of docs/method.md §3 written out literally (r_pos = (1/p_x)^((1-p_x)^beta))."""
     logits, targets = random_problem((5,), 7, seed=4)
     beta, lam_head, lam_tail, k = -0.25, 0.1, -0.1, 3
     logp = torch.log_softmax(logits, -1)

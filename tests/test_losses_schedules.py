@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from test_losses_reference import random_problem, ref_loss
 
 from rlready.losses import ShapedCrossEntropy, shaped_cross_entropy
-from rlready.losses.schedules import Constant, Cosine, Linear, parse_schedule
+from rlready.losses.schedules import Constant, Cosine, Linear, parse_schedule, weighting_at
 
 
 def linear(start, end, p):
@@ -100,6 +100,33 @@ def test_bad_schedule_spec_raises(spec):
     with pytest.raises(ValueError) as excinfo:
         parse_schedule(spec)
     assert "\n" not in str(excinfo.value).strip()
+
+
+@pytest.mark.parametrize("spec", ["-0.25", "0", ".5", " 1e-5", "linear:0.5:0", "Cosine:-0.25:0.50"])
+def test_a_parsed_schedule_keeps_its_text_and_compares_by_value(spec):
+    import pickle
+
+    sched = parse_schedule(spec)
+    assert str(sched) == spec
+    again = pickle.loads(pickle.dumps(sched))
+    assert again == sched and str(again) == spec and hash(again) == hash(sched)
+    # The same schedule built from numbers: equal and hashed alike, printed in a canonical form.
+    built = type(sched)(*(getattr(sched, f) for f in ("value", "start", "end") if hasattr(sched, f)))
+    assert built == sched and hash(built) == hash(sched) and parse_schedule(str(built)) == sched
+
+
+def test_schedules_print_canonically_without_text():
+    assert [str(Constant(-0.25)), str(Linear(0.5, 0)), str(Cosine(1, -1))] == [
+        "-0.25",
+        "linear:0.5:0.0",
+        "cosine:1.0:-1.0",
+    ]
+    assert parse_schedule(0.5) == Constant(0.5) and str(parse_schedule(0.5)) == "0.5"
+
+
+def test_weighting_at_evaluates_every_knob():
+    w = weighting_at(0.5, Linear(-0.5, 0.5), Constant(0.1), Cosine(0.2, 0.0), 7)
+    assert (w.beta, w.lam_head, w.k) == (0.0, 0.1, 7) and w.lam_tail == pytest.approx(0.1)
 
 
 # ---------------------------------------------------------------------------------------------------------

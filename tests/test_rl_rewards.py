@@ -6,23 +6,20 @@ test rewards below.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from rlready.rl.rewards import (
     RewardScorer,
     available_rewards,
-    extract_hash_answer,
     get_reward,
     hash_answer_reward,
-    load_gsm8k_jsonl,
     math_reward,
+    overlong_penalty,
     register_reward,
     score,
 )
@@ -65,23 +62,6 @@ def test_register_reward_rejects_duplicates_and_empty_names() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("so 3 + 4 = 7\n#### 7", "7"),
-        ("#### 1,234.\nmore text", "1234"),
-        ("#### 5 #### 6", "6"),  # the last marker wins
-        ("####   -12 .", "-12"),
-        ("#### 3.50", "3.50"),
-        ("no marker", None),
-        ("####   \n42", None),  # the answer must be on the marker's line
-        ("####...", None),
-    ],
-)
-def test_extract_hash_answer(text: str, expected: str | None) -> None:
-    assert extract_hash_answer(text) == expected
-
-
-@pytest.mark.parametrize(
     ("completion", "answer", "expected"),
     [
         ("#### 72", "72", 1.0),
@@ -105,44 +85,17 @@ def test_hash_answer_reward_rejects_non_numeric_gold() -> None:
         hash_answer_reward("#### 1", "one")
 
 
-def write_jsonl(path: Path, lines: list[str]) -> Path:
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+# --- the overlong penalty -------------------------------------------------------------------------
 
 
-def test_load_gsm8k_jsonl(tmp_path: Path) -> None:
-    records = [
-        {"question": " Tom has 3 apples and buys 4. How many? ", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"},
-        {"question": "Big?", "answer": "#### 1,200"},
-    ]
-    path = write_jsonl(
-        tmp_path / "d.jsonl", [json.dumps(r) for r in records[:1]] + ["", json.dumps(records[1])]
-    )
-    pairs = load_gsm8k_jsonl(path)
-    assert pairs == [("Tom has 3 apples and buys 4. How many?", "7"), ("Big?", "1200")]
-    assert hash_answer_reward("... #### 1,200", pairs[1][1]) == 1.0
-
-
-@pytest.mark.parametrize(
-    ("lines", "match"),
-    [
-        (["{not json"], "d.jsonl:1: invalid JSON"),
-        (['{"question": "q", "answer": "#### 1"}', "[1, 2]"], "d.jsonl:2: expected a JSON object"),
-        (['{"answer": "#### 1"}'], "missing string field 'question'"),
-        (['{"question": "q", "answer": 3}'], "missing string field 'answer'"),
-        (['{"question": "q", "answer": "no final line"}'], "no '#### <number>' final line"),
-        (['{"question": "q", "answer": "#### x"}'], "no '#### <number>' final line"),
-        ([""], "holds no records"),
-    ],
-)
-def test_load_gsm8k_jsonl_errors(tmp_path: Path, lines: list[str], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        load_gsm8k_jsonl(write_jsonl(tmp_path / "d.jsonl", lines))
-
-
-def test_load_gsm8k_jsonl_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no such file"):
-        load_gsm8k_jsonl(tmp_path / "absent.jsonl")
+def test_overlong_penalty_formula() -> None:
+    # DAPO: 0 up to L_max - L_cache, then (L_max - L_cache - len) / L_cache, -1 at the limit.
+    max_len, buf = 20, 5
+    for length in range(0, 26):
+        want = 0.0 if length <= 15 else max(-1.0, (15 - length) / 5)
+        assert overlong_penalty(length, max_len, buf) == pytest.approx(want)
+    assert overlong_penalty(18, max_len, buf, factor=0.5) == pytest.approx(-0.3)
+    assert overlong_penalty(20, max_len, 0) == 0.0  # off
 
 
 # --- math-verify ----------------------------------------------------------------------------------

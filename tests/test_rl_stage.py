@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlready import config
+from rlready import recipes
 from rlready.config import ConfigError
 from rlready.metrics import paired_gain
+from rlready.rl.batch import Group, pack, token_logprobs
 from rlready.rl.rollout import Completion, HFRollout
 from rlready.rl.sampling import collect_informative_groups
+from rlready.rl.tasks import PromptStream, Task
 from rlready.train import rl
 
 
@@ -48,16 +50,6 @@ def _load(path: Path):
 # -- pure pieces --------------------------------------------------------------------------------------------
 
 
-def test_overlong_penalty_formula() -> None:
-    # DAPO: 0 up to L_max - L_cache, then (L_max - L_cache - len) / L_cache, -1 at the limit.
-    max_len, buf = 20, 5
-    for length in range(0, 26):
-        want = 0.0 if length <= 15 else max(-1.0, (15 - length) / 5)
-        assert rl.overlong_penalty(length, max_len, buf) == pytest.approx(want)
-    assert rl.overlong_penalty(18, max_len, buf, factor=0.5) == pytest.approx(-0.3)
-    assert rl.overlong_penalty(20, max_len, 0) == 0.0  # off
-
-
 def test_entropy_collapse_detection() -> None:
     assert not rl.entropy_collapsed([2.0], 0.5)
     assert not rl.entropy_collapsed([2.0, 1.5, 1.01], 0.5)
@@ -65,41 +57,21 @@ def test_entropy_collapse_detection() -> None:
     assert not rl.entropy_collapsed([0.5, 1.0, 2.0], 0.5)  # a rise is no collapse
 
 
-def test_answer_keys() -> None:
-    assert rl.boxed_answer(r"so \boxed{\frac{1}{2}} and \boxed{ 3 }") == "3"
-    assert rl.boxed_answer(r"x = \boxed{\frac{a}{b}}.") == r"\frac{a}{b}"
-    assert rl.boxed_answer("no box") is None
-    assert rl.boxed_answer(r"\boxed{unclosed") is None
-    assert rl.answer_key("2 + 3 = 5.\n#### 5\n\nQ:", "arithmetic") == "5"
-    assert rl.answer_key(r"\boxed{7}", "math") == "7"
-
-
 def _group(prompt, responses, rewards, truncated=None):
     truncated = truncated or [False] * len(responses)
     comps = [Completion(prompt, r, "", t) for r, t in zip(responses, truncated, strict=True)]
-    return rl.Group(rl.Task("q", "1"), comps, list(rewards), list(rewards))
+    return Group(Task("q", "1"), comps, list(rewards), list(rewards))
 
 
 def test_pack_masks_response_targets_and_truncated() -> None:
     g = _group([5, 6, 7], [[8, 9, 0], [10, 11]], [1.0, 0.0], truncated=[False, True])
-    ids, attn, mask = rl.pack([g], pad_id=0, mask_truncated=False)
+    ids, attn, mask = pack([g], pad_id=0, mask_truncated=False)
     assert ids.tolist() == [[5, 6, 7, 8, 9, 0], [5, 6, 7, 10, 11, 0]]
     assert attn.tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]]
     # target t of the shifted sequence predicts ids[t + 1]: response tokens are targets 2..
     assert mask.tolist() == [[False, False, True, True, True], [False, False, True, True, False]]
-    _, _, mask = rl.pack([g], pad_id=0, mask_truncated=True)
+    _, _, mask = pack([g], pad_id=0, mask_truncated=True)
     assert mask[1].sum() == 0 and mask[0].sum() == 3
-
-
-def test_prompt_stream_epochs_and_state() -> None:
-    tasks = [rl.Task(str(i), str(i)) for i in range(5)]
-    a = rl.PromptStream(tasks, seed=3)
-    first = a.take(5)
-    assert sorted(t.prompt for t in first) == [str(i) for i in range(5)]  # an epoch is a permutation
-    a.take(2)
-    b = rl.PromptStream(tasks, seed=3)
-    b.load_state_dict(a.state_dict())
-    assert a.take(6) == b.take(6)
 
 
 # -- the update and dynamic sampling ------------------------------------------------------------------------
@@ -107,7 +79,7 @@ def test_prompt_stream_epochs_and_state() -> None:
 
 def _seq_logprob(model, prompt, response) -> float:
     ids = torch.tensor([prompt + response])
-    logp, _ = rl.token_logprobs(model, ids, torch.ones_like(ids), 1.0)
+    logp, _ = token_logprobs(model, ids, torch.ones_like(ids), 1.0)
     return float(logp[0, len(prompt) - 1 :].sum().detach())
 
 
@@ -116,7 +88,7 @@ def test_update_moves_policy_toward_rewarded_responses(tiny_model: Path, minibat
     from rlready.train.lm import make_optimizer
 
     model, _ = _load(tiny_model)
-    cfg = config.resolve(
+    cfg = recipes.resolve(
         "rl", "tiny", overrides=[("rl.group_size", "2"), ("rl.minibatches", str(minibatches))]
     )
     cfg.train.lr = 1e-2
@@ -151,7 +123,7 @@ def test_update_skips_zero_variance_and_fully_masked(tiny_model: Path) -> None:
     from rlready.train.lm import make_optimizer
 
     model, _ = _load(tiny_model)
-    cfg = config.resolve("rl", "tiny", overrides=[("rl.group_size", "2"), ("rl.minibatches", "1")])
+    cfg = recipes.resolve("rl", "tiny", overrides=[("rl.group_size", "2"), ("rl.minibatches", "1")])
     cfg.rl.mask_truncated = True
     opt = make_optimizer(model, cfg)
     g = _group([20, 21], [[40, 41], [50]], [1.0, 0.0], truncated=[True, True])
@@ -179,7 +151,7 @@ class _FakeScorer:
 
 
 def test_dynamic_sampling_wiring() -> None:
-    cfg = config.resolve(
+    cfg = recipes.resolve(
         "rl",
         "tiny",
         overrides=[
@@ -189,8 +161,8 @@ def test_dynamic_sampling_wiring() -> None:
             ("rl.max_new_tokens", "3"),
         ],
     )
-    tasks = [rl.Task("a", "same"), rl.Task("b", "vary"), rl.Task("c", "same"), rl.Task("d", "same")]
-    stream = rl.PromptStream(tasks, seed=0)
+    tasks = [Task("a", "same"), Task("b", "vary"), Task("c", "same"), Task("d", "same")]
+    stream = PromptStream(tasks, seed=0)
     backend = _FakeBackend()
 
     def round_(_missing):
@@ -200,11 +172,11 @@ def test_dynamic_sampling_wiring() -> None:
     assert len(batch.groups) == 2 and not batch.capped
     assert all(g.task.answer == "vary" for g in batch.groups)
     assert batch.rounds == backend.calls and batch.dropped_zero_variance == 2 * batch.rounds - 2
-    groups, failures = rl.rollout_round(backend, _FakeScorer(), [rl.Task("x", "vary")], cfg.rl)
+    groups, failures = rl.rollout_round(backend, _FakeScorer(), [Task("x", "vary")], cfg.rl)
     assert failures == 1 and groups[0].correct == [1.0, 0.0, 0.0]
     # the overlong penalty is added to the reward only when enabled
     cfg.rl.overlong_buffer = 2
-    groups, _ = rl.rollout_round(backend, _FakeScorer(), [rl.Task("x", "vary")], cfg.rl)
+    groups, _ = rl.rollout_round(backend, _FakeScorer(), [Task("x", "vary")], cfg.rl)
     assert groups[0].rewards == pytest.approx([1.0, -0.5, -1.0])
 
 
@@ -252,7 +224,7 @@ def finished_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     # that vary, so updates happen. operator.lt is picklable for the spawned reward workers.
     mp = pytest.MonkeyPatch()
     mp.setattr("rlready.rl.rewards.get_reward", lambda name: operator.lt)
-    cfg = config.resolve("rl", "tiny", overrides=[*_RUN, ("model.init", str(tiny_model))])
+    cfg = recipes.resolve("rl", "tiny", overrides=[*_RUN, ("model.init", str(tiny_model))])
     out = tmp_path_factory.mktemp("rl") / "run"
     try:
         rl.run(cfg, out)
@@ -319,11 +291,11 @@ def test_resume_gives_the_same_final_weights(finished_run: Path) -> None:
 
 @pytest.mark.slow
 def test_finished_run_is_not_retrained(finished_run: Path, tiny_model: Path) -> None:
-    cfg = config.resolve("rl", "tiny", overrides=[*_RUN, ("model.init", str(tiny_model))])
+    cfg = recipes.resolve("rl", "tiny", overrides=[*_RUN, ("model.init", str(tiny_model))])
     before = (finished_run / "metrics.jsonl").read_text()
     assert rl.run(cfg, finished_run)["step"] == 4
     assert (finished_run / "metrics.jsonl").read_text() == before
-    other = config.resolve(
+    other = recipes.resolve(
         "rl", "tiny", overrides=[*_RUN, ("model.init", str(tiny_model)), ("rl.eps_high", "0.3")]
     )
     with pytest.raises(ConfigError, match="different configuration"):
@@ -355,7 +327,7 @@ def test_overwrite_with_bad_input_leaves_a_finished_run_untouched(
         ("rl.data", str(bad_jsonl)),
         ("model.init", str(bad_init)),
     ):
-        cfg = config.resolve("rl", "tiny", overrides=[*_RUN, ("model.init", str(tiny_model)), (key, value)])
+        cfg = recipes.resolve("rl", "tiny", overrides=[*_RUN, ("model.init", str(tiny_model)), (key, value)])
         with pytest.raises(ValueError):
             rl.run(cfg, out, overwrite=True)
         assert _tree(out) == before, (key, value)
@@ -386,32 +358,18 @@ def test_overwrite_with_bad_input_leaves_a_finished_run_untouched(
 )
 def test_bad_rl_config_is_one_line_error(field: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as err:
-        config.resolve("rl", "tiny", overrides=[(field, value)])
+        recipes.resolve("rl", "tiny", overrides=[(field, value)])
     assert "\n" not in str(err.value)
 
 
 def test_rl_defaults_follow_the_paper() -> None:
-    cfg = config.resolve("rl", "dense-4b")
+    cfg = recipes.resolve("rl", "dense-4b")
     assert (cfg.rl.prompts_per_step, cfg.rl.group_size, cfg.rl.temperature) == (128, 16, 1.0)
     assert (cfg.rl.eps_low, cfg.rl.eps_high, cfg.train.lr, cfg.train.max_steps) == (0.2, 0.28, 1e-6, 1000)
     assert cfg.rl.minibatches > 1 and cfg.train.decay_fraction == 0.0 and cfg.train.warmup_steps == 0
     assert (cfg.eval.samples, cfg.eval.pass_k) == (128, 64)
-    tiny = config.resolve("rl", "tiny")
+    tiny = recipes.resolve("rl", "tiny")
     assert tiny.rl.minibatches > 1 and tiny.train.final_lr == tiny.train.lr
-
-
-def test_real_data_tasks_hold_out_the_last_records(tmp_path: Path) -> None:
-    path = tmp_path / "gsm.jsonl"
-    path.write_text(
-        "".join(json.dumps({"question": f"q{i}?", "answer": f"work\n#### {i}"}) + "\n" for i in range(30))
-    )
-    cfg = config.resolve("rl", "tiny", overrides=[("rl.data", str(path)), ("rl.reward", "gsm8k")])
-    train, held = rl.load_tasks(cfg)
-    assert len(held) == 3 and len(train) == 27
-    assert held[0] == rl.Task("Q: q27?\nA:", "27")
-    cfg.rl.data = str(tmp_path / "missing.jsonl")
-    with pytest.raises(ConfigError, match="does not exist"):
-        rl.load_tasks(cfg)
 
 
 def test_cli_registers_rl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rlready import config
+from rlready import config, recipes
 from rlready.config import ConfigError
 from rlready.study import StudyConfig, _claim_study
 from rlready.train import rundir
@@ -28,7 +28,7 @@ def tree(root: Path) -> dict[str, tuple[int, bytes]]:
 
 
 def cfg(**extra: str) -> config.RunConfig:
-    return config.resolve("pretrain", "tiny", overrides=list(extra.items()))
+    return recipes.resolve("pretrain", "tiny", overrides=list(extra.items()))
 
 
 def project(root: Path) -> Path:

@@ -8,30 +8,39 @@ from pathlib import Path
 
 import pytest
 
-from rlready.config import ConfigError
+from rlready.config import ConfigError, LossConfig
 from rlready.report.report import claims, verdict, write_report
 from rlready.report.summary import collect, read_metrics
 from rlready.study import DEFAULT_CONFIGS, Job, StudyConfig, load_configs, stage_overrides
 
 
 def test_default_configurations_are_the_papers_five() -> None:
-    got = {(c.beta, c.lam_head, c.lam_tail, c.k) for c in DEFAULT_CONFIGS}
-    assert got == {
-        ("0.0", "0.0", "0.0", 100),
-        ("-0.25", "0.0", "0.0", 100),
-        ("0.5", "0.0", "0.0", 100),
-        ("0.0", "0.0", "-0.1", 100),
-        ("0.0", "0.1", "0.0", 100),
-    }
+    # As study.json records them: a resumed study compares these with its saved settings.
+    assert [c.to_dict() for c in DEFAULT_CONFIGS] == [
+        {"name": "CE", "beta": "0.0", "lam_head": "0.0", "lam_tail": "0.0", "k": 100},
+        {"name": "beta=-0.25", "beta": "-0.25", "lam_head": "0.0", "lam_tail": "0.0", "k": 100},
+        {"name": "beta=0.5", "beta": "0.5", "lam_head": "0.0", "lam_tail": "0.0", "k": 100},
+        {"name": "lam_tail=-0.1", "beta": "0.0", "lam_head": "0.0", "lam_tail": "-0.1", "k": 100},
+        {"name": "lam_head=0.1", "beta": "0.0", "lam_head": "0.1", "lam_tail": "0.0", "k": 100},
+    ]
 
 
 def test_load_configs_yaml_and_toml(tmp_path: Path) -> None:
     y = tmp_path / "c.yaml"
-    y.write_text("- {name: a, beta: -0.5}\n- {name: b, lam_tail: 'linear:-0.1:0', k: 5}\n")
-    assert load_configs(y) == [StudyConfig("a", beta="-0.5"), StudyConfig("b", lam_tail="linear:-0.1:0", k=5)]
+    y.write_text("- {name: a, beta: -0.5}\n- {name: b, lam_tail: 'linear:-0.1:0', k: 5, lam_head: 0}\n")
+    configs = load_configs(y)
+    assert configs == [
+        StudyConfig("a", LossConfig(beta="-0.5")),
+        StudyConfig("b", LossConfig(lam_head="0", lam_tail="linear:-0.1:0", k=5)),
+    ]
+    # Numbers are recorded as their str(), as study.json always held them.
+    assert [c.to_dict() for c in configs] == [
+        {"name": "a", "beta": "-0.5", "lam_head": "0.0", "lam_tail": "0.0", "k": 100},
+        {"name": "b", "beta": "0.0", "lam_head": "0", "lam_tail": "linear:-0.1:0", "k": 5},
+    ]
     t = tmp_path / "c.toml"
     t.write_text('[[configs]]\nname = "x"\nbeta = 0.5\n')
-    assert load_configs(t) == [StudyConfig("x", beta="0.5")]
+    assert load_configs(t) == [StudyConfig("x", LossConfig(beta="0.5"))]
 
 
 @pytest.mark.parametrize(
@@ -43,6 +52,7 @@ def test_load_configs_yaml_and_toml(tmp_path: Path) -> None:
         ("- {name: a}\n- {name: a}", "unique"),
         ("- {name: ../x}", "plain"),
         ("- {name: a, k: many}", "k must be an integer"),
+        ("- {name: a, beta: 'linear:1'}", "configuration 'a': loss.beta: bad schedule"),
         ("- [unclosed", "malformed YAML"),
     ],
 )
@@ -65,13 +75,11 @@ def test_overrides_are_routed_to_their_stages() -> None:
 
 
 def test_job_commands_chain_the_stages(tmp_path: Path) -> None:
-    job = Job(StudyConfig("b", beta="-0.25", k=7), 2, tmp_path / "b-s2")
+    job = Job(StudyConfig("b", LossConfig(beta="-0.25", k=7)), 2, tmp_path / "b-s2")
     pre = job.command("pretrain", "tiny", ["--midtrain.train.max_steps", "3"])
-    assert (
-        "--init" not in pre
-        and pre[pre.index("--loss.beta") + 1] == "-0.25"
-        and pre[pre.index("--seed") + 1] == "2"
-    )
+    assert "--init" not in pre and pre[pre.index("--seed") + 1] == "2"
+    knobs = ["--loss.beta", "-0.25", "--loss.lam_head", "0.0", "--loss.lam_tail", "0.0", "--loss.k", "7"]
+    assert pre[pre.index("--loss.beta") :] == knobs
     mid = job.command("midtrain", "tiny", ["--midtrain.train.max_steps", "3"])
     assert mid[mid.index("--init") + 1] == str(tmp_path / "b-s2" / "pretrain" / "final")
     assert mid[-2:] == ["--train.max_steps", "3"]
@@ -267,3 +275,18 @@ def test_finished_stages_are_skipped_without_a_process(
     assert progress.done == 1
     with pytest.raises(AssertionError, match="must not start"):
         study._run_stage(job, "midtrain", "tiny", [], 1, progress, False, study.Stages())
+
+
+def test_summary_records_each_configuration_as_study_json_does(tmp_path: Path) -> None:
+    jobs = [Job(c, 0, tmp_path / "runs" / f"{c.name}-s0") for c in DEFAULT_CONFIGS[:2]]
+    entry = collect(tmp_path, jobs)["runs"][1]
+    assert list(entry) == [
+        *("name", "beta", "lam_head", "lam_tail", "k", "seed", "dir"),
+        *("pretrain", "midtrain", "rl"),
+    ]
+    assert {k: entry[k] for k in ("name", "beta", "k", "dir")} == {
+        "name": "beta=-0.25",
+        "beta": "-0.25",
+        "k": 100,
+        "dir": "runs/beta=-0.25-s0",
+    }

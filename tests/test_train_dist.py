@@ -86,7 +86,7 @@ def test_fsdp_run_resumed_after_sigterm_is_bit_identical(tmp_path):
     the whole model and optimizer (in the format of a one-process run); the same command resumes it and ends
     with the uninterrupted run's weights and metrics, bit for bit (same processes, same reduction order)."""
 
-    from rlready import config
+    from rlready import recipes
     from rlready.data import tokenizer, world
     from rlready.train import checkpoint, lm
 
@@ -126,7 +126,7 @@ def test_fsdp_run_resumed_after_sigterm_is_bit_identical(tmp_path):
     # into an unsharded model and optimizer.
     ckpt = checkpoint.load_latest(out / "checkpoints", print)
     assert ckpt is not None and ckpt.step == step
-    cfg = config.resolve(
+    cfg = recipes.resolve(
         "pretrain", "tiny", overrides=[(a[2:], b) for a, b in zip(args[::2], args[1::2], strict=True)]
     )
     model = lm.load_or_build_model(cfg, tok, torch.device("cpu"))

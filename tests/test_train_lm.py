@@ -16,6 +16,7 @@ import torch
 from lm_runs import make_cfg
 
 from rlready import config
+from rlready.errors import Interrupted
 from rlready.train import checkpoint, lm
 from rlready.train.schedule import wsd_lr
 
@@ -76,6 +77,9 @@ def test_eval_json(pretrained):
     assert ev["step"] == 6 and ev["tokens"] == 6 * 4 * 32
     assert ev["ppl"] == pytest.approx(math.exp(ev["ce"]), rel=1e-6)
     assert 0 < ev["entropy"] <= math.log(512) + 1e-4
+    # The held-out reasoning evaluation of the RL stage, per-problem Avg@n included (for paired gains).
+    assert 0 <= ev["reasoning"] <= 1 and ev["avg@k"] == ev["avg@1"] and ev["pass@k"] == ev["pass@1"]
+    assert len(ev["avg@k_per_problem"]) == ev["problems"] == 1 and ev["reward_failures"] == 0
     assert json.loads((out / "config.json").read_text()) == make_cfg(out.parent).to_dict()
 
 
@@ -226,7 +230,7 @@ def _plant(path: Path, marker: Path) -> None:
 def test_resume_never_unpickles_a_planted_optimizer_state(env, tmp_path):
     out, marker = tmp_path / "run", tmp_path / "PWNED"
     cfg = make_cfg(env, **{"train.max_steps": "4", "train.checkpoint_every": "2"})
-    with pytest.raises(lm.Interrupted):
+    with pytest.raises(Interrupted):
         _run_until_interrupt(cfg, out, at_step=2)
     ckpt = out / "checkpoints" / "step_00000002"
     _plant(ckpt / "optimizer.pt", marker)

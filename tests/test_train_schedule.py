@@ -1,4 +1,4 @@
-"""Warmup-stable-decay learning rate (PAPER.md §4) against its formula, written out independently."""
+"""Warmup-stable-decay learning rate (docs/method.md §6) against its formula, written out independently."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Every (entity, attribute) fact is stated in the biographies, with several phrasings, so it is learnable.
 Questions ``Q: ...?\\nA:`` are asked in training only for some facts; the rest are the held-out
-evaluation items (PAPER.md section 4, "knowledge average"): the model has seen the fact stated, never that
+evaluation items (docs/method.md §7, "knowledge average"): the model has seen the fact stated, never that
 question answered, so answering measures recall of knowledge rather than of a memorised string.
 """
 

@@ -3,7 +3,7 @@
 Each open word class (adjectives, nouns, verbs, adverbs) has dozens of members with Zipf-like weights, so
 after "the" or "quietly" many continuations are plausible and none is certain: the next-token entropy a
 model learns here is a real property of the data, which is what the entropy knob ``beta`` acts on
-(PAPER.md section 2).
+(docs/method.md §3).
 """
 
 from __future__ import annotations

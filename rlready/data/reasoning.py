@@ -1,6 +1,6 @@
 """Reasoning: arithmetic word problems with step-by-step solutions ending in ``#### <answer>``.
 
-These stand in for the paper's maths data (PAPER.md section 4): present in small amounts in pre-training,
+These stand in for the paper's maths data (docs/method.md §5): present in small amounts in pre-training,
 raised in mid-training, and the verifiable task of the RL stage. Problems are short on purpose so that
 prompt + solution fits in about 100 tokens for small models.
 """

@@ -7,7 +7,7 @@ the same config see the same tokens. Three kinds of text:
 - language (``language.py``): sentences from a probabilistic grammar with many plausible next words;
 - reasoning (``reasoning.py``): arithmetic word problems with step-by-step solutions.
 
-Stage mixes follow the paper (PAPER.md section 4): pre-training is mostly knowledge and language with a
+Stage mixes follow the paper (docs/method.md §5.1–5.2): pre-training is mostly knowledge and language with a
 little reasoning; mid-training is reasoning-heavy.
 
 Held-out items (knowledge questions, sentences, problems by canonical arithmetic) are chosen by a stable

@@ -1,10 +1,11 @@
-"""Evaluation of a causal LM after (or during) a stage (PAPER.md §4, metrics).
+"""Evaluation of a causal LM after (or during) a stage (docs/method.md §7).
 
 - ``heldout_stats``: perplexity, mean token entropy, top-1 accuracy and head mass (probability inside the
   top-k) on held-out tokens, from the fused loss's statistics (one pass, no ``[N, V]`` logits).
 - ``knowledge_accuracy``: greedy answers to held-out fact questions, exact match of the answer's words.
-- ``reasoning_eval``: ``n`` samples per held-out problem at temperature 0.7, top-p 0.95 (the paper's Pass@k
-  setting), answers after ``####``; Avg@n, Cons@n, Pass@k, and greedy accuracy.
+- ``reasoning_eval``: greedy accuracy, and Avg@n, Cons@n, Pass@k of ``eval.samples`` samples per held-out
+  problem (default temperature 0.7, top-p 0.95: the paper's Pass@k setting) from the evaluator the RL stage
+  uses (``rlready.eval.reasoning``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlready.eval.reasoning import InProcessScorer, eval_seed, evaluate_reasoning, local_sampler
 from rlready.losses import TokenWeighting, fused_linear_shaped_cross_entropy
 from rlready.losses.stats import LossStats
-from rlready.metrics import summarize
 from rlready.models.heads import final_hidden_and_head
-from rlready.rl.rewards import extract_hash_answer, hash_answer_reward
+from rlready.rl.rewards import get_reward, hash_answer_reward
+
+WORLD_REWARD = "arithmetic"  # the reward RL checks the synthetic world's problems with
 
 
 @torch.no_grad()
@@ -61,41 +64,28 @@ def heldout_stats(
     }
 
 
-def _generate(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    *,
-    n: int,
-    max_new_tokens: int,
-    do_sample: bool,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    batch_size: int = 64,
-) -> list[list[str]]:
-    """``n`` completions per prompt with ``model.generate`` (left padding, KV cache)."""
+def _greedy(
+    model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 64
+) -> list[str]:
+    """The greedy completion of every prompt with ``model.generate`` (left padding, KV cache)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
-    out: list[list[str]] = []
-    per_batch = max(1, batch_size // n)
-    for start in range(0, len(prompts), per_batch):
-        chunk = list(prompts[start : start + per_batch])
-        enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
-        kwargs: dict[str, Any] = {
-            "do_sample": do_sample,
-            "max_new_tokens": max_new_tokens,
-            "num_return_sequences": n,
-        }
-        if do_sample:
-            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    out: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        enc = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True).to(
+            device
+        )
         with torch.no_grad():
             gen = model.generate(
-                **enc, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **kwargs
+                **enc,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
             )
-        texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        out.extend(texts[i * n : (i + 1) * n] for i in range(len(chunk)))
+        out.extend(tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True))
     model.train(was_training)
     return out
 
@@ -106,54 +96,37 @@ def knowledge_accuracy(
     """Fraction of questions whose greedy answer's first words equal the reference answer."""
     if not questions:
         return float("nan")
-    outs = _generate(
-        model, tokenizer, [q.prompt for q in questions], n=1, max_new_tokens=max_new_tokens, do_sample=False
-    )
+    outs = _greedy(model, tokenizer, [q.prompt for q in questions], max_new_tokens=max_new_tokens)
     correct = 0
-    for q, (text,) in zip(questions, outs, strict=True):
+    for q, text in zip(questions, outs, strict=True):
         want = q.answer.split()
         got = text.split()[: len(want)]
         correct += [w.strip(".,") for w in got] == [w.strip(".,") for w in want]
     return correct / len(questions)
 
 
-def reasoning_eval(
-    model: Any,
-    tokenizer: Any,
-    problems: Sequence[Any],
-    *,
-    n: int,
-    k: int,
-    temperature: float,
-    top_p: float,
-    max_new_tokens: int,
-) -> dict[str, float]:
-    """Greedy accuracy plus Avg@n, Cons@n and Pass@k of ``n`` samples per problem."""
+def reasoning_eval(model: Any, tokenizer: Any, problems: Sequence[Any], cfg: Any) -> dict[str, Any]:
+    """Greedy accuracy (``reasoning``) plus the held-out Avg@k, Cons@k and Pass@k of RL's evaluation
+    (:func:`rlready.eval.reasoning.evaluate_reasoning`): RL's sampler, seed and reward on the same weights, so
+    these are the numbers the RL stage reports as ``initial`` for this model."""
     if not problems:
         return {}
-    prompts = [p.prompt for p in problems]
-    greedy = _generate(model, tokenizer, prompts, n=1, max_new_tokens=max_new_tokens, do_sample=False)
-    samples = _generate(
-        model,
-        tokenizer,
-        prompts,
-        n=n,
-        max_new_tokens=max_new_tokens,
-        do_sample=True,
-        temperature=temperature,
-        top_p=top_p,
+    sampled = evaluate_reasoning(
+        local_sampler(model, tokenizer, cfg.rl),
+        InProcessScorer(get_reward(WORLD_REWARD)),
+        problems,
+        cfg.eval,
+        seed=eval_seed(cfg.seed),
+        reward=WORLD_REWARD,
     )
-    per_problem = []
-    for p, outs in zip(problems, samples, strict=True):
-        answers = [extract_hash_answer(o) for o in outs]
-        correct = [hash_answer_reward(o, p.answer) == 1.0 for o in outs]
-        per_problem.append((answers, correct))
-    return {"reasoning": _greedy_accuracy(problems, greedy), **summarize(per_problem, sorted({1, k, n}))}
+    greedy = _greedy_accuracy(model, tokenizer, problems, cfg.eval.max_new_tokens)
+    return {"reasoning": greedy, **sampled}
 
 
-def _greedy_accuracy(problems: Sequence[Any], greedy: list[list[str]]) -> float:
+def _greedy_accuracy(model: Any, tokenizer: Any, problems: Sequence[Any], max_new_tokens: int) -> float:
     """Fraction of problems whose greedy completion ends in the right ``#### n``."""
-    hits = sum(hash_answer_reward(g[0], p.answer) for p, g in zip(problems, greedy, strict=True))
+    texts = _greedy(model, tokenizer, [p.prompt for p in problems], max_new_tokens=max_new_tokens)
+    hits = sum(hash_answer_reward(t, p.answer) for p, t in zip(problems, texts, strict=True))
     return hits / max(1, len(problems))
 
 
@@ -168,13 +141,5 @@ def periodic_eval(model: Any, data: Any, cfg: Any) -> dict[str, float]:
         questions = data.world.knowledge_questions("eval")[: cfg.eval.knowledge_questions]
         out["knowledge"] = knowledge_accuracy(model, data.tokenizer, questions)
         problems = data.world.reasoning_problems(cfg.eval.reasoning_problems, split="eval")
-        greedy = _generate(
-            model,
-            data.tokenizer,
-            [p.prompt for p in problems],
-            n=1,
-            max_new_tokens=cfg.eval.max_new_tokens,
-            do_sample=False,
-        )
-        out["reasoning"] = _greedy_accuracy(problems, greedy)
+        out["reasoning"] = _greedy_accuracy(model, data.tokenizer, problems, cfg.eval.max_new_tokens)
     return out

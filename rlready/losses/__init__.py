@@ -1,4 +1,4 @@
-"""The reward-shaped next-token objective (PAPER.md §1–3).
+"""The reward-shaped next-token objective (docs/method.md §2–4).
 
 - ``shaped_cross_entropy``: on logits ``[..., V]``.
 - ``fused_linear_shaped_cross_entropy``: on final hidden states and the LM head, never holding ``[N, V]``.

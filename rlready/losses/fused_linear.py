@@ -2,9 +2,9 @@
 ``shaped_cross_entropy(hidden @ weight.T + bias, targets)`` without ever holding the ``[N, V]`` logits.
 
 Tokens are processed in chunks of whole vocabulary rows (so ``torch.topk`` per row stays direct). For
-``mean``/``sum`` the logit gradient ``dL/dz = p S - w`` (PAPER.md §3) is formed inside the forward pass and
-immediately turned into ``grad_hidden = G W`` and ``grad_weight += G^T h``; backward only scales them by the
-(scalar) upstream gradient, as Liger-Kernel's fused linear cross-entropy does. For ``reduction="none"`` the
+``mean``/``sum`` the logit gradient ``dL/dz = p S - w`` (docs/method.md §4.2) is formed inside the forward
+pass and immediately turned into ``grad_hidden = G W`` and ``grad_weight += G^T h``; backward only scales
+them by the (scalar) upstream gradient, as Liger-Kernel's fused linear cross-entropy does. For ``reduction="none"`` the
 upstream gradient differs per token and must be applied before the rows are summed into ``grad_weight``, so
 the forward pass keeps nothing but its inputs and backward recomputes each chunk.
 

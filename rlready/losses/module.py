@@ -1,7 +1,9 @@
 """Thin ``nn.Module`` wrappers around the functional ops, with knobs that may follow a schedule.
 
 A knob given as a schedule (``Linear``, ``Cosine``, or a spec string such as ``"linear:-0.25:0"``) is
-evaluated at ``module.progress``, the fraction of training done, which the trainer sets each step.
+evaluated at ``module.progress``, the fraction of training done, which the trainer sets each step. Knobs are
+parsed and evaluated as the trainer's are (``parse_schedule``, ``weighting_at``), from the same schedule
+objects a run configuration holds.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import torch
 from torch import nn
 
 from .fused_linear import fused_linear_shaped_cross_entropy
-from .schedules import Schedule, parse_schedule
+from .schedules import Schedule, parse_schedule, weighting_at
 from .schemes import TokenWeighting
 from .shaped_ce import shaped_cross_entropy
 from .stats import LossStats
@@ -45,10 +47,7 @@ class ShapedCrossEntropy(nn.Module):
 
     def weighting(self) -> TokenWeighting:
         """The knobs at the current ``progress``."""
-        p = self.progress
-        return TokenWeighting(
-            beta=self.beta(p), lam_head=self.lam_head(p), lam_tail=self.lam_tail(p), k=self.k
-        )
+        return weighting_at(self.progress, self.beta, self.lam_head, self.lam_tail, self.k)
 
     def forward(
         self, logits: torch.Tensor, targets: torch.Tensor, *, return_stats: bool = False

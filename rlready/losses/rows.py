@@ -1,4 +1,4 @@
-"""Row math shared by the logits op and the fused linear op (PAPER.md §3).
+"""Row math shared by the logits op and the fused linear op (docs/method.md §4).
 
 For one block of logit rows ``z [n, V]`` (already in the compute dtype) it computes, in a fixed small number
 of passes over ``[n, V]``:
@@ -20,7 +20,7 @@ of passes over ``[n, V]``:
 Everything else is per row (``[n]``) or per head entry (``[n, k]``). The logit gradient
 ``dL/dz_j = p_j S - w_j`` is then one in-place scaling of ``p`` plus two scatters (``logit_grad``): every
 non-target entry is ``p_j`` times a per-row constant, ``S - lam_head`` in the head and ``S - lam_tail`` in
-the tail (NOTES.md).
+the tail (docs/method.md §4.2).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def _log_target_weight(logp_x: torch.Tensor, w: TokenWeighting) -> torch.Tensor:
 
     ``1 - (1 - p)**beta`` is computed as ``-expm1(beta * log1m)`` with ``log1m = log(-expm1(log p))``: exact
     at ``p -> 0`` (where it is ``~ beta * p``) and at ``p -> 1``. For ``beta < -1`` the reward has no bound as
-    ``p_x -> 1`` (PAPER.md §2); ``log f`` is capped at ``log(finfo.max) / 2`` there so that it stays finite.
+    ``p_x -> 1`` (docs/method.md §4.3); ``log f`` is capped at ``log(finfo.max) / 2`` there so that it stays
+    finite.
     For ``-1 <= beta < 0`` the limit at ``p_x = 1`` is finite (``e`` at ``beta = -1``) and is kept.
     """
     cap = math.log(torch.finfo(logp_x.dtype).max) / 2.0

@@ -1,14 +1,21 @@
 """Schedules of a loss knob over training progress in [0, 1].
 
-The paper tests constant ``beta`` / ``lam`` only and names schedules as an open question (PAPER.md §4);
-a knob given as a schedule is evaluated by the trainer with the fraction of training done.
+The paper tests constant ``beta`` / ``lam`` only and names schedules as an open question
+(docs/method.md §4.6); a knob given as a schedule is evaluated by the trainer with the fraction of training
+done.
+
+A schedule is an immutable value (equal, hashable and picklable by its numbers) that also keeps the text it
+was parsed from: ``str()`` gives that text back, so a saved configuration is written exactly as it was
+given (a run directory's config.json is compared as text when the run is resumed).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+from .schemes import TokenWeighting
 
 
 @runtime_checkable
@@ -30,6 +37,7 @@ def _finite(name: str, value: float) -> float:
 @dataclass(frozen=True)
 class Constant:
     value: float
+    text: str | None = field(default=None, compare=False, repr=False)  # as parsed; see the module docstring
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "value", _finite("value", self.value))
@@ -38,13 +46,14 @@ class Constant:
         return self.value
 
     def __str__(self) -> str:
-        return repr(self.value)
+        return self.text if self.text is not None else repr(self.value)
 
 
 @dataclass(frozen=True)
 class Linear:
     start: float
     end: float
+    text: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "start", _finite("start", self.start))
@@ -54,7 +63,7 @@ class Linear:
         return self.start + (self.end - self.start) * _clamp(progress)
 
     def __str__(self) -> str:
-        return f"linear:{self.start!r}:{self.end!r}"
+        return self.text if self.text is not None else f"linear:{self.start!r}:{self.end!r}"
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,7 @@ class Cosine:
 
     start: float
     end: float
+    text: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "start", _finite("start", self.start))
@@ -72,15 +82,19 @@ class Cosine:
         return self.end + (self.start - self.end) * (1.0 + math.cos(math.pi * _clamp(progress))) / 2.0
 
     def __str__(self) -> str:
-        return f"cosine:{self.start!r}:{self.end!r}"
+        return self.text if self.text is not None else f"cosine:{self.start!r}:{self.end!r}"
 
 
 _KINDS = {"linear": Linear, "cosine": Cosine}
+SCHEDULES = (Constant, Linear, Cosine)
 
 
 def parse_schedule(spec: str | float | int | Schedule) -> Schedule:
-    """``-0.25`` / ``"-0.25"`` -> Constant; ``"linear:START:END"``; ``"cosine:START:END"``."""
-    if isinstance(spec, (Constant, Linear, Cosine)):
+    """``-0.25`` / ``"-0.25"`` -> Constant; ``"linear:START:END"``; ``"cosine:START:END"``.
+
+    A schedule parsed from a string keeps it as its ``str()``; a schedule is returned as it is.
+    """
+    if isinstance(spec, SCHEDULES):
         return spec
     if isinstance(spec, bool):
         raise ValueError(f"bad schedule {spec!r}: expected a number or 'linear|cosine:START:END'")
@@ -91,9 +105,16 @@ def parse_schedule(spec: str | float | int | Schedule) -> Schedule:
     parts = spec.strip().split(":")
     try:
         if len(parts) == 1:
-            return Constant(float(parts[0]))
+            return Constant(float(parts[0]), spec)
         if len(parts) == 3 and parts[0].lower() in _KINDS:
-            return _KINDS[parts[0].lower()](float(parts[1]), float(parts[2]))
+            return _KINDS[parts[0].lower()](float(parts[1]), float(parts[2]), spec)
     except ValueError as err:
         raise ValueError(f"bad schedule {spec!r}: {err}") from None
     raise ValueError(f"bad schedule {spec!r}: expected a number or 'linear|cosine:START:END'")
+
+
+def weighting_at(
+    progress: float, beta: Schedule, lam_head: Schedule, lam_tail: Schedule, k: int
+) -> TokenWeighting:
+    """The paper's weighting (docs/method.md §3) with each knob's schedule evaluated at ``progress``."""
+    return TokenWeighting(beta=beta(progress), lam_head=lam_head(progress), lam_tail=lam_tail(progress), k=k)

@@ -1,6 +1,6 @@
 """Per-token weighting schemes: every objective here is one surrogate loss with stop-gradient weights.
 
-PAPER.md §3 writes the reward-shaped objective as ``L_t = -sum_a w_a log p_a`` with ``w_a = sg(p_a r_a)``.
+The reward-shaped objective (docs/method.md §4.1) is ``L_t = -sum_a w_a log p_a`` with ``w_a = sg(p_a r_a)``.
 Several well-known objectives are the same surrogate with other weights, so one ``TokenWeighting`` covers
 them all (``x`` = ground truth, ``K`` = the top-``k`` tokens of ``p`` over the whole vocabulary ``V``)::
 
@@ -12,7 +12,7 @@ them all (``x`` = ground truth, ``K`` = the top-``k`` tokens of ``p`` over the w
 instance           knobs                                        published formula (value)
 =================  ==========================================  ===========================================
 cross-entropy      all zero                                     ``-log p_x``
-paper (§2)         ``beta``, ``lam_head``, ``lam_tail``, ``k``  ``r_pos = (1/p_x) ** ((1-p_x) ** beta)``,
+paper (§3)         ``beta``, ``lam_head``, ``lam_tail``, ``k``  ``r_pos = (1/p_x) ** ((1-p_x) ** beta)``,
                                                                 ``r_neg = lam_head / lam_tail``
 label smoothing    ``label_smoothing = eps``                    ``(1-eps) (-log p_x) + eps mean_a(-log p_a)``
 focal-style        ``gamma``                                    ``-(1 - p_x) ** gamma log p_x`` (Lin et al.)
@@ -67,12 +67,12 @@ class TokenWeighting:
 
 
 def cross_entropy() -> TokenWeighting:
-    """Plain cross-entropy: ``r_CE = sg(1[a = x] / p_x)`` (PAPER.md §1)."""
+    """Plain cross-entropy: ``r_CE = sg(1[a = x] / p_x)`` (docs/method.md §2)."""
     return TokenWeighting()
 
 
 def shaped(beta: float = 0.0, lam_head: float = 0.0, lam_tail: float = 0.0, k: int = 100) -> TokenWeighting:
-    """The paper's reward (PAPER.md §2): ``beta`` global entropy, ``lam_head``/``lam_tail`` local entropy."""
+    """The paper's reward (docs/method.md §3): ``beta`` global, ``lam_head``/``lam_tail`` local entropy."""
     return TokenWeighting(beta=beta, lam_head=lam_head, lam_tail=lam_tail, k=k)
 
 

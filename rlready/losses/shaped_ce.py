@@ -1,4 +1,4 @@
-"""The reward-shaped next-token objective on logits (PAPER.md §2–3).
+"""The reward-shaped next-token objective on logits (docs/method.md §3–4).
 
 ``shaped_cross_entropy`` returns the surrogate ``-sum_a sg(p_a r_a) log p_a`` reduced like
 ``F.cross_entropy``; its gradient is the shaped one-step policy gradient. With the defaults it is
@@ -73,7 +73,7 @@ def shaped_cross_entropy(
     weighting: TokenWeighting | None = None,
     return_stats: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, LossStats]:
-    """Reward-shaped cross-entropy on ``logits [..., V]`` and ``targets [...]`` (PAPER.md §3).
+    """Reward-shaped cross-entropy on ``logits [..., V]`` and ``targets [...]`` (docs/method.md §4).
 
     ``beta`` scales the ground-truth reward ``r_pos = (1/p_x) ** ((1 - p_x) ** beta)``; negatives get
     ``lam_head`` inside the top-``k`` of ``p`` (over all tokens) and ``lam_tail`` outside it. ``weighting``

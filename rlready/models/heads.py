@@ -1,6 +1,6 @@
 """Final hidden states and LM head, for a fused "linear + loss" that never materialises logits.
 
-The shaped loss (PAPER.md section 3) needs per-row log-sum-exp, p_x and the top-k of the logits; computing them
+The shaped loss (docs/method.md §4) needs per-row log-sum-exp, p_x and the top-k of the logits; computing them
 chunk by chunk from ``hidden @ weight.T`` keeps memory at O(chunk x V) instead of O(tokens x V). This module
 runs the decoder only (no ``lm_head``) and hands back what the fused op needs.
 """

@@ -1,12 +1,13 @@
 """Typed model presets and their transformers configs (Qwen3 dense and Qwen3-MoE).
 
-Paper-scale presets follow PAPER.md section 4 (dense 1B and 4B; MoE 5B-A0.3B, 10B-A0.5B, 20B-A1B, all in the
+Paper-scale presets follow docs/method.md §6 (dense 1B and 4B; MoE 5B-A0.3B, 10B-A0.5B, 20B-A1B, all in the
 Qwen3 family, vocabulary 151936). ``dense-4b`` is Qwen3-4B's shape; ``dense-1b`` sits between Qwen3-0.6B and
 Qwen3-1.7B. Public Qwen3-MoE (30B-A3B: 128 experts, top-8) is only 16x sparse, which cannot reach 20B
 total with 1B active, so the MoE presets keep Qwen3-MoE's top-8 routing, head_dim 128 and 4 KV heads but
 use 256 experts (Qwen3-Next goes further, to 512) and pick width, depth and expert size so the counts land
 on the names.
-``tiny``/``tiny-moe`` train in minutes on 2 CPU cores; a three-seed study of ``small`` takes a few CPU hours.
+``tiny``/``tiny-moe`` are sized so that the whole study runs on a small CPU machine; ``small`` is the next
+step up, for multi-seed studies on CPU (run times and speeds: BENCHMARKS.md, "Preset sizing notes").
 
 Parameter counts: total counts tied embeddings once; active (see ``count_parameters``) counts every
 parameter outside the routed experts -- embeddings and LM head included, as the Qwen3 model cards do -- plus
@@ -49,11 +50,11 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # ~1.05M parameters at vocab 2048: the whole five-configuration study runs on it in minutes.
+    # ~1.05M parameters at vocab 2048: small enough to run the whole five-configuration study on a CPU.
     "tiny": Preset("dense", 2048, 128, 4, 4, 2, 32, 384, True, 2048),
     # Same attention as tiny, 8 experts top-2 (~2.0M total, ~0.85M active): the MoE code paths on CPU.
     "tiny-moe": Preset("moe", 2048, 128, 4, 4, 2, 32, 0, True, 2048, 8, 2, 128),
-    # ~1.97M parameters: 1.5x tiny's width, 6 heads; ~5.4k tokens/s on one CPU thread (tiny: ~8.5k).
+    # ~1.97M parameters: 1.5x tiny's width, 6 heads.
     "small": Preset("dense", 2048, 192, 4, 6, 2, 32, 512, True, 2048),
     # ~1.03B: Qwen3-0.6B's depth and heads (28 layers, 16 query / 8 KV heads), widened to 1536 / FFN 4096.
     "dense-1b": Preset("dense", QWEN3_VOCAB, 1536, 28, 16, 8, 128, 4096, True, 32768),
@@ -91,7 +92,7 @@ def build_config(
 ) -> Any:
     """The transformers ``Qwen3Config``/``Qwen3MoeConfig`` for ``preset``.
 
-    ``rope_theta`` defaults to the pre-training base 1e4 (PAPER.md section 4). ``overrides`` are config fields
+    ``rope_theta`` defaults to the pre-training base 1e4 (docs/method.md §6). ``overrides`` are config fields
     (e.g. ``num_hidden_layers=2``, ``eos_token_id=0``); names the config class does not know raise ValueError,
     because transformers would otherwise store a typo silently as an unused attribute.
     """

@@ -1,6 +1,6 @@
 """RoPE base (``theta``) on a transformers config or model, across transformers 4.x and 5.x.
 
-Mid-training raises the RoPE base from 1e4 to 1e6 (PAPER.md section 4, mid-train row). transformers 5 keeps
+Mid-training raises the RoPE base from 1e4 to 1e6 (docs/method.md §5.2). transformers 5 keeps
 the base in ``config.rope_parameters["rope_theta"]``; transformers 4.x keeps it in ``config.rope_theta``.
 These helpers read and write whichever the installed version uses, so callers never touch either field.
 """

@@ -17,13 +17,8 @@ def _read(path: Path) -> dict[str, Any]:
 def collect(out: Path, jobs: list[Any]) -> dict[str, Any]:
     runs = []
     for job in jobs:
-        c = job.config
         entry: dict[str, Any] = {
-            "name": c.name,
-            "beta": c.beta,
-            "lam_head": c.lam_head,
-            "lam_tail": c.lam_tail,
-            "k": c.k,
+            **job.config.to_dict(),
             "seed": job.seed,
             "dir": str(job.root.relative_to(out)),
         }

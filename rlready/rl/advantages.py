@@ -1,4 +1,4 @@
-"""Group-relative advantages of GRPO (PAPER.md §4, RLVR row: on-policy GRPO without a KL term).
+"""Group-relative advantages of GRPO (docs/method.md §5.3: on-policy GRPO without a KL term).
 
 Every prompt is sampled ``group_size`` times; a completion's advantage is its reward standardised
 within its own group, ``A = (r - mean) / (std + eps)``, broadcast to all of its tokens by the loss.
@@ -9,7 +9,7 @@ The std is the *population* std (divide by ``group_size``, ``unbiased=False``), 
   * it is defined for a group of one (std 0: no signal) where the sample std is NaN.
 The sample std only rescales every group by ``sqrt((G - 1) / G)``, about 3% at G = 16.
 
-Groups whose rewards are all (nearly) equal carry no learning signal (PAPER.md §5); their std is
+Groups whose rewards are all (nearly) equal carry no learning signal (docs/method.md §5.3); their std is
 compared with a tolerance rather than 0 so float noise does not turn into huge advantages, and their
 advantages are set to exactly 0.
 """

@@ -1,4 +1,4 @@
-"""Clipped policy-gradient surrogate for GRPO without a KL term, with clip-higher (PAPER.md §4, RLVR row).
+"""Clipped policy-gradient surrogate for GRPO without a KL term, with clip-higher (docs/method.md §5.3).
 
 Per token ``t`` of a completion, with ``ratio = pi_theta(a_t|s_t) / pi_old(a_t|s_t)``:
 
@@ -6,10 +6,10 @@ Per token ``t`` of a completion, with ``ratio = pi_theta(a_t|s_t) / pi_old(a_t|s
 
 ``eps_high > eps_low`` is DAPO's clip-higher: a low-probability token with a positive advantage may
 grow further before the clip stops it, which slows entropy collapse. Tokens are aggregated at token
-level (PAPER.md §5: sum over every completion token divided by the token count), so long answers are
+level (docs/method.md §5.3: sum over every completion token divided by the token count), so long answers are
 not down-weighted as with a per-sequence mean.
 
-The ratio differs from 1 only when several optimizer updates share one rollout batch (PAPER.md §5);
+The ratio differs from 1 only when several optimizer updates share one rollout batch (docs/method.md §5.3);
 with a single update the clip never acts.
 """
 

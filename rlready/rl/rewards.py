@@ -1,4 +1,4 @@
-"""Verifiable rewards for RLVR (PAPER.md §4: maths problems with verifiable answers), by name.
+"""Verifiable rewards for RLVR (docs/method.md §5.3: maths problems with verifiable answers), by name.
 
 A reward is a plain ``(completion, answer) -> float`` callable, 1.0 for a correct final answer and
 0.0 otherwise. They are module-level functions so that :class:`rlready.rl.scoring.RewardScorer` can
@@ -6,28 +6,28 @@ send them to a worker process, which is where their timeout is enforced (see :fu
 
 Registered rewards:
   * ``arithmetic``: the embedded synthetic tasks, answer after the last ``####`` (GSM8K convention);
-  * ``gsm8k``: the same check for GSM8K-style data read by :func:`load_gsm8k_jsonl`;
+  * ``gsm8k``: the same check for GSM8K-style data (read by :func:`rlready.rl.tasks.load_jsonl`);
   * ``math``: MATH-style ``\\boxed{}`` answers, checked with math-verify.
+
+Answers are extracted by :mod:`rlready.rl.answers`. :func:`overlong_penalty` is DAPO's length term,
+added to a verifier's reward by the trainer.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from fractions import Fraction
-from pathlib import Path
 
+from rlready.rl.answers import as_number, extract_hash_answer
 from rlready.rl.scoring import RewardScorer, score
 
 __all__ = [
     "RewardFn",
     "RewardScorer",
     "available_rewards",
-    "extract_hash_answer",
     "get_reward",
     "hash_answer_reward",
-    "load_gsm8k_jsonl",
     "math_reward",
+    "overlong_penalty",
     "register_reward",
     "score",
 ]
@@ -64,71 +64,15 @@ def available_rewards() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def extract_hash_answer(text: str) -> str | None:
-    """The final answer after the last ``####`` in ``text``, normalised; ``None`` when there is none.
-
-    Only the rest of that line counts. Thousands separators and all whitespace are removed and
-    trailing periods stripped, so ``"#### 1,234.\\n"`` gives ``"1234"``.
-    """
-    _, sep, tail = text.rpartition("####")
-    if not sep:
-        return None
-    line = tail.split("\n", 1)[0]
-    answer = "".join(line.split()).replace(",", "").rstrip(".")
-    return answer or None
-
-
-def _as_number(text: str) -> Fraction | None:
-    # Fraction parses integers, decimals, "a/b" and exponents exactly, so "3.50" == "3.5" == "7/2"
-    # without float rounding.
-    try:
-        return Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
 @register_reward("arithmetic")
 @register_reward("gsm8k")
 def hash_answer_reward(completion: str, answer: str) -> float:
     """1.0 when the number after the completion's last ``####`` equals ``answer`` exactly, else 0.0."""
-    gold = _as_number("".join(answer.split()).replace(",", "").rstrip("."))
+    gold = as_number("".join(answer.split()).replace(",", "").rstrip("."))
     if gold is None:
         raise ValueError(f"hash_answer_reward: gold answer {answer!r} is not a number")
     pred = extract_hash_answer(completion)
-    return float(pred is not None and _as_number(pred) == gold)
-
-
-def load_gsm8k_jsonl(path: str | Path) -> list[tuple[str, str]]:
-    """Read GSM8K-style JSONL (one ``{"question": ..., "answer": "... #### n"}`` per line).
-
-    Returns ``(prompt, answer)`` pairs: the question text and the normalised final number of the
-    answer field (what :func:`hash_answer_reward` compares against). Blank lines are skipped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"load_gsm8k_jsonl: no such file {str(path)!r}")
-    pairs: list[tuple[str, str]] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"load_gsm8k_jsonl: {where}: invalid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"load_gsm8k_jsonl: {where}: expected a JSON object")
-            for key in ("question", "answer"):
-                if not isinstance(record.get(key), str):
-                    raise ValueError(f"load_gsm8k_jsonl: {where}: missing string field {key!r}")
-            final = extract_hash_answer(record["answer"])
-            if final is None or _as_number(final) is None:
-                raise ValueError(f"load_gsm8k_jsonl: {where}: answer has no '#### <number>' final line")
-            pairs.append((record["question"].strip(), final))
-    if not pairs:
-        raise ValueError(f"load_gsm8k_jsonl: {path} holds no records")
-    return pairs
+    return float(pred is not None and as_number(pred) == gold)
 
 
 @register_reward("math")
@@ -154,3 +98,11 @@ def math_reward(completion: str, answer: str) -> float:
     if not pred:
         return 0.0
     return float(verify(gold, pred, timeout_seconds=None))  # gold first: verify is not symmetric
+
+
+def overlong_penalty(length: int, max_len: int, buffer: int, factor: float = 1.0) -> float:
+    """DAPO's soft overlong punishment: 0 up to ``max_len - buffer`` tokens, then falling linearly to
+    ``-factor`` at ``max_len`` (and beyond). ``buffer`` 0 turns it off."""
+    if buffer <= 0 or length <= max_len - buffer:
+        return 0.0
+    return -factor * min(1.0, (length - (max_len - buffer)) / buffer)

@@ -1,4 +1,4 @@
-"""DAPO dynamic sampling as a pure helper (PAPER.md §4 RLVR row, §5).
+"""DAPO dynamic sampling as a pure helper (docs/method.md §5.3).
 
 A prompt group whose completions all score the same has zero group-relative advantage and adds only
 noise to the token count. Dynamic sampling drops such groups and generates more rounds until the

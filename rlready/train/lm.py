@@ -1,4 +1,4 @@
-"""Pre-training and mid-training: next-token prediction with the shaped objective (PAPER.md §2–4).
+"""Pre-training and mid-training: next-token prediction with the shaped objective (docs/method.md §5.1–5.2).
 
 Data flows top to bottom: tokenizer -> token shards -> model -> the training loop (fused shaped loss on
 the final hidden states and LM head: the ``[tokens, V]`` logits are never materialised) -> ``final/`` in
@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,9 @@ import torch
 from torch import nn
 
 from rlready.config import ConfigError, RunConfig
-from rlready.errors import Interrupted, TrainingError
-from rlready.losses import TokenWeighting, fused_linear_shaped_cross_entropy, parse_schedule
-from rlready.train import checkpoint, dist
-from rlready.train.logger import RunLogger
+from rlready.errors import TrainingError
+from rlready.losses import TokenWeighting, fused_linear_shaped_cross_entropy
+from rlready.train import checkpoint, dist, loop
 from rlready.train.loop import StopFlag
 from rlready.train.rundir import RunLock, check_run_dir, claim, write_json
 from rlready.train.schedule import wsd_lr
@@ -309,37 +307,18 @@ def _setup(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> _Setup |
 
 
 def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFlag) -> dict[str, Any]:
-    tc = cfg.train
-    world_size = d.world_size
-    per_rank = tc.batch_size // world_size
-    micro = min(tc.micro_batch, per_rank)
-    model_device, data = setup.model_device, setup.data
-    model = load_or_build_model(cfg, data.tokenizer, model_device, setup.inputs.init_model)
+    """The training loop: batch -> step -> log -> checkpoint, then ``final/`` and ``eval.json``."""
     from rlready.data.loader import PackedBatches
 
+    tc, data = cfg.train, setup.data
+    per_rank = tc.batch_size // d.world_size
+    model = load_or_build_model(cfg, data.tokenizer, setup.model_device, setup.inputs.init_model)
     loader = PackedBatches(
-        data.train, cfg.data.seq_len, per_rank, rank=d.rank, world_size=world_size, seed=cfg.seed
+        data.train, cfg.data.seq_len, per_rank, rank=d.rank, world_size=d.world_size, seed=cfg.seed
     )
-    # Warnings go to stderr with the other diagnostics; stdout carries only the result line.
-    warn = (
-        (lambda msg: print(f"rlready: warning: {msg}", file=sys.stderr, flush=True))
-        if d.is_main
-        else (lambda msg: None)
-    )
-    start_step, tokens_seen = 0, 0
-    # Rank 0 verifies the checkpoints (a checksum of every file) and tells the other ranks which one to load.
-    ckpt = dist.broadcast_object(
-        checkpoint.load_latest(out / "checkpoints", warn, require=("tokens", "loader"))
-        if d.is_main
-        else None,
-        d,
-    )
-    if ckpt is not None:
-        # Weights (into the whole model: every rank's, or rank 0's under FSDP, which shards them in wrap) and
-        # RNG states; the optimizer once it exists.
-        checkpoint.restore(ckpt, None if model_device.type == "meta" else model, None)
-        loader.load_state_dict(ckpt.state["loader"])
-        start_step, tokens_seen = ckpt.step, int(ckpt.state["tokens"])
+    warn = loop.warner(d.is_main)
+    ckpt = _resume(cfg, out, d, model, setup.model_device, loader, warn)
+    step, tokens = (ckpt.step, int(ckpt.state["tokens"])) if ckpt is not None else (0, 0)
     wrapped = dist.wrap(ShapedLMLoss(model), d, fsdp=tc.fsdp)
     # After wrapping: FSDP2 replaces the parameters with sharded ones, which the optimizer must hold.
     optimizer = make_optimizer(model, cfg)
@@ -347,158 +326,200 @@ def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFla
         dist.load_optimizer_state(
             model, optimizer, lambda: checkpoint.read_optimizer_state(ckpt), d, fsdp=tc.fsdp
         )
-    knobs = {name: parse_schedule(getattr(cfg.loss, name)) for name in ("beta", "lam_head", "lam_tail")}
-    use_bf16 = tc.autocast == "bf16" or (tc.autocast == "auto" and d.device.type == "cuda")
-    autocast = (
-        (lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
-    )
-    global_tokens = tc.batch_size * cfg.data.seq_len
-    logger = RunLogger(
-        out,
-        total_steps=tc.max_steps,
-        start_step=start_step,
-        enabled=d.is_main,
-        progress=cfg.log.progress,
-        tensorboard=cfg.log.tensorboard,
-        wandb=cfg.log.wandb,
-        run_name=f"{cfg.stage}:{out.name}",
-        config=cfg.to_dict(),
-    )
+    logger = loop.run_logger(cfg, out, step, enabled=d.is_main)
     if d.enabled:
         logger.info(
-            f"{world_size} processes ({'FSDP2' if tc.fsdp else 'DDP'}), {per_rank} sequences each per step"
+            f"{d.world_size} processes ({'FSDP2' if tc.fsdp else 'DDP'}), {per_rank} sequences each per step"
         )
     if ckpt is not None:
-        logger.info(f"resuming from {ckpt.path.name} (step {start_step})")
-    bad_steps = 0
-    step = start_step
-    t_last, tok_last = time.perf_counter(), tokens_seen
-
-    def save(step: int) -> None:
-        # Whole model and optimizer state on rank 0 (under FSDP every rank takes part in gathering them).
-        state = dist.full_model_state(model, d, fsdp=tc.fsdp)
-        optimizer_state = dist.full_optimizer_state(model, optimizer, d, fsdp=tc.fsdp)
-        # A finite loss and gradient can still give non-finite weights (e.g. an overflowing update); such a
-        # checkpoint would replace a good one through pruning, so it is never written.
-        weights_ok = all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
-        if not dist.broadcast_flag(weights_ok, d):
-            raise TrainingError(
-                f"non-finite weights at step {step}; checkpoint not written (the last good one is kept; "
-                "lower train.lr)"
-            )
-        if d.is_main:
-            checkpoint.save(
-                out / "checkpoints",
-                step,
-                model_state=state,
-                optimizer_state=optimizer_state,
-                state={"tokens": tokens_seen, "loader": loader.state_dict()},
-                keep=tc.keep_checkpoints,
-            )
-        dist.barrier(d)
-
-    # closing(): the logger is closed (files flushed, wandb finished) however the loop ends, errors included.
+        logger.info(f"resuming from {ckpt.path.name} (step {step})")
+    stepper = _Stepper(cfg, d, wrapped, model, optimizer, warn)
+    policy = loop.CheckpointPolicy(
+        cfg, out / "checkpoints", lambda at: _save(cfg, out, d, model, optimizer, at, tokens, loader)
+    )
+    clock = _Clock(tokens)
     stop.phase = "training"
+    # closing(): the logger is closed (files flushed, wandb finished) however the loop ends, errors included.
     with stop.deferred(), contextlib.closing(logger):
         while step < tc.max_steps:
-            progress = step / max(1, tc.max_steps)
-            weighting = TokenWeighting(
-                beta=knobs["beta"](progress),
-                lam_head=knobs["lam_head"](progress),
-                lam_tail=knobs["lam_tail"](progress),
-                k=cfg.loss.k,
-            )
-            lr = wsd_lr(
-                step,
-                max_steps=tc.max_steps,
-                lr=tc.lr,
-                final_lr=tc.final_lr,
-                warmup_steps=tc.warmup_steps,
-                decay_fraction=tc.decay_fraction,
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             log_now = (step + 1) % tc.log_every == 0 or step + 1 == tc.max_steps
-            batch = next(loader).to(d.device)
-            loss_sum = torch.zeros((), dtype=torch.float64)
-            stats_sum = None
-            n_micro = per_rank // micro
-            for i in range(n_micro):
-                mb = batch[i * micro : (i + 1) * micro]
-                sync = (
-                    contextlib.nullcontext()
-                    if (i == n_micro - 1 or not d.enabled or tc.fsdp)
-                    else wrapped.no_sync()
-                )
-                with sync, autocast():
-                    loss, stats = wrapped(mb, weighting, cfg.loss.chunk_size, log_now)
-                    # Global token mean: DDP averages over ranks, so scale each rank's sum by W / global tokens.
-                    (loss * (world_size / global_tokens)).backward()
-                loss_sum += loss.detach().double()
-                if stats is not None:
-                    stats_sum = stats if stats_sum is None else stats_sum + stats
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf")
-            )
-            loss_total = dist.all_reduce_sum(loss_sum.clone(), d) / global_tokens
-            finite = bool(torch.isfinite(loss_total)) and bool(torch.isfinite(grad_norm))
-            if not finite:
-                optimizer.zero_grad(set_to_none=True)
-                bad_steps += 1
-                warn(f"non-finite loss or gradient at step {step + 1}; step skipped ({bad_steps} in a row)")
-                if bad_steps >= tc.max_bad_steps:
-                    raise TrainingError(
-                        f"{bad_steps} non-finite steps in a row at step {step + 1}; stopping "
-                        f"(last good checkpoint kept; lower train.lr or check the data)"
-                    )
-            else:
-                bad_steps = 0
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += global_tokens
+            result = stepper.step(step, next(loader).to(d.device), log_now)
+            step, tokens = step + 1, tokens + tc.batch_size * cfg.data.seq_len
             if log_now:
-                now = time.perf_counter()
-                record: dict[str, Any] = {
-                    "tokens": tokens_seen,
-                    "lr": lr,
-                    "loss": float(loss_total),
-                    "grad_norm": float(grad_norm),
-                    "beta": weighting.beta,
-                    "lam_head": weighting.lam_head,
-                    "lam_tail": weighting.lam_tail,
-                    "tokens_per_s": (tokens_seen - tok_last) / max(now - t_last, 1e-9),
-                }
-                if stats_sum is not None:
-                    s = stats_sum.as_tensor()
-                    dist.all_reduce_sum(s, d)
-                    m = type(stats_sum).from_tensor(s).means()
-                    record.update(
-                        ce=m["ce"],
-                        ppl=m["ppl"],
-                        entropy=m["entropy"],
-                        accuracy=m["accuracy"],
-                        head_mass=m["head_mass"],
-                    )
+                record = {"tokens": tokens, **result.record(d, clock.rate(tokens))}
                 if tc.eval_every and step % tc.eval_every == 0 and d.is_main:
                     from rlready.eval.lm import periodic_eval
 
                     record.update({f"eval_{k}": v for k, v in periodic_eval(model, data, cfg).items()})
                 logger.log(step, record)
-                t_last, tok_last = time.perf_counter(), tokens_seen
-            stop_now = dist.broadcast_flag(stop.signum is not None, d)
-            if stop_now or (tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.max_steps):
-                if finite:
-                    save(step)
-                if stop_now:
-                    where = (
-                        f"checkpoint written to {out / 'checkpoints'}"
-                        if finite
-                        else "last good checkpoint kept"
-                    )
-                    raise Interrupted(f"interrupted at step {step}; {where}; run the same command to resume")
+                clock.reset(tokens)
+            policy.maybe_save(step, stop=dist.broadcast_flag(stop.signum is not None, d), ok=result.finite)
     stop.phase = "the final export and evaluation"
-    return _finish(cfg, out, model, data, d, step, tokens_seen)
+    return _finish(cfg, out, model, data, d, step, tokens)
+
+
+def _resume(
+    cfg: RunConfig,
+    out: Path,
+    d: dist.Dist,
+    model: nn.Module,
+    model_device: torch.device,
+    loader: Any,
+    warn: Any,
+) -> checkpoint.Checkpoint | None:
+    """The newest good checkpoint, its weights, RNG and data position restored (the optimizer's later)."""
+    # Rank 0 verifies the checkpoints (a checksum of every file) and tells the other ranks which one to load.
+    found = (
+        checkpoint.load_latest(out / "checkpoints", warn, require=("tokens", "loader")) if d.is_main else None
+    )
+    ckpt = dist.broadcast_object(found, d)
+    if ckpt is not None:
+        # Weights into the whole model: every rank's, or rank 0's under FSDP, which shards them in wrap.
+        checkpoint.restore(ckpt, None if model_device.type == "meta" else model, None)
+        loader.load_state_dict(ckpt.state["loader"])
+    return ckpt
+
+
+def _save(
+    cfg: RunConfig,
+    out: Path,
+    d: dist.Dist,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    tokens: int,
+    loader: Any,
+) -> None:
+    # Whole model and optimizer state on rank 0 (under FSDP every rank takes part in gathering them).
+    state = dist.full_model_state(model, d, fsdp=cfg.train.fsdp)
+    optimizer_state = dist.full_optimizer_state(model, optimizer, d, fsdp=cfg.train.fsdp)
+    # A finite loss and gradient can still give non-finite weights (e.g. an overflowing update); such a
+    # checkpoint would replace a good one through pruning, so it is never written.
+    weights_ok = all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+    if not dist.broadcast_flag(weights_ok, d):
+        raise TrainingError(
+            f"non-finite weights at step {step}; checkpoint not written (the last good one is kept; lower train.lr)"
+        )
+    if d.is_main:
+        checkpoint.save(
+            out / "checkpoints",
+            step,
+            model_state=state,
+            optimizer_state=optimizer_state,
+            state={"tokens": tokens, "loader": loader.state_dict()},
+            keep=cfg.train.keep_checkpoints,
+        )
+    dist.barrier(d)
+
+
+class _Clock:
+    """Tokens per second between two log steps."""
+
+    def __init__(self, tokens: int) -> None:
+        self.reset(tokens)
+
+    def reset(self, tokens: int) -> None:
+        self.t, self.tokens = time.perf_counter(), tokens
+
+    def rate(self, tokens: int) -> float:
+        return (tokens - self.tokens) / max(time.perf_counter() - self.t, 1e-9)
+
+
+@dataclass
+class _StepResult:
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    lr: float
+    weighting: TokenWeighting
+    stats: Any  # summed loss statistics of this rank, on log steps
+
+    @property
+    def finite(self) -> bool:
+        return bool(torch.isfinite(self.loss)) and bool(torch.isfinite(self.grad_norm))
+
+    def record(self, d: dist.Dist, tokens_per_s: float) -> dict[str, Any]:
+        w = self.weighting
+        rec = {"lr": self.lr, "loss": float(self.loss), "grad_norm": float(self.grad_norm)}
+        rec.update(beta=w.beta, lam_head=w.lam_head, lam_tail=w.lam_tail, tokens_per_s=tokens_per_s)
+        if self.stats is not None:
+            s = self.stats.as_tensor()
+            dist.all_reduce_sum(s, d)
+            m = type(self.stats).from_tensor(s).means()
+            rec.update({key: m[key] for key in ("ce", "ppl", "entropy", "accuracy", "head_mass")})
+        return rec
+
+
+class _Stepper:
+    """One optimizer step: the knobs' and the learning rate's schedules, gradient accumulation over
+    micro-batches (DDP syncing on the last), clipping, and skipping a non-finite step."""
+
+    def __init__(
+        self, cfg: RunConfig, d: dist.Dist, wrapped: nn.Module, model: nn.Module, optimizer, warn
+    ) -> None:
+        self.cfg, self.d, self.warn = cfg, d, warn
+        self.wrapped, self.model, self.optimizer = wrapped, model, optimizer
+        # The knobs are schedules parsed with the configuration. Constant ones (every configuration of the
+        # paper) give one weighting for the whole run; scheduled ones are evaluated at every step.
+        self.constant = None if cfg.loss.scheduled else cfg.loss.weighting(0.0)
+        self.autocast = loop.autocast(cfg.train.autocast, d.device)
+        self.bad_steps = 0
+
+    def _schedules(self, step: int) -> tuple[TokenWeighting, float]:
+        tc, progress = self.cfg.train, step / max(1, self.cfg.train.max_steps)
+        weighting = self.constant if self.constant is not None else self.cfg.loss.weighting(progress)
+        lr = wsd_lr(
+            step,
+            max_steps=tc.max_steps,
+            lr=tc.lr,
+            final_lr=tc.final_lr,
+            warmup_steps=tc.warmup_steps,
+            decay_fraction=tc.decay_fraction,
+        )
+        return weighting, lr
+
+    def step(self, step: int, batch: torch.Tensor, need_stats: bool) -> _StepResult:
+        tc, d = self.cfg.train, self.d
+        weighting, lr = self._schedules(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        global_tokens = tc.batch_size * self.cfg.data.seq_len
+        micro = min(tc.micro_batch, batch.shape[0])
+        n_micro = batch.shape[0] // micro
+        loss_sum, stats_sum = torch.zeros((), dtype=torch.float64), None
+        for i in range(n_micro):
+            last = i == n_micro - 1 or not d.enabled or tc.fsdp
+            with contextlib.nullcontext() if last else self.wrapped.no_sync(), self.autocast():
+                loss, stats = self.wrapped(
+                    batch[i * micro : (i + 1) * micro], weighting, self.cfg.loss.chunk_size, need_stats
+                )
+                # Global token mean: DDP averages over ranks, so scale each rank's sum by W / global tokens.
+                (loss * (d.world_size / global_tokens)).backward()
+            loss_sum += loss.detach().double()
+            if stats is not None:
+                stats_sum = stats if stats_sum is None else stats_sum + stats
+        grad_norm = loop.clip_grad(self.model, tc.grad_clip)
+        result = _StepResult(
+            dist.all_reduce_sum(loss_sum.clone(), d) / global_tokens, grad_norm, lr, weighting, stats_sum
+        )
+        self._apply(result.finite, step)
+        return result
+
+    def _apply(self, finite: bool, step: int) -> None:
+        """Take the step, or skip a non-finite one (too many in a row stop the run)."""
+        if finite:
+            self.bad_steps = 0
+            self.optimizer.step()
+        else:
+            self.bad_steps += 1
+            self.warn(
+                f"non-finite loss or gradient at step {step + 1}; step skipped ({self.bad_steps} in a row)"
+            )
+            if self.bad_steps >= self.cfg.train.max_bad_steps:
+                raise TrainingError(
+                    f"{self.bad_steps} non-finite steps in a row at step {step + 1}; stopping "
+                    f"(last good checkpoint kept; lower train.lr or check the data)"
+                )
+        self.optimizer.zero_grad(set_to_none=True)
 
 
 def _finish(
@@ -524,17 +545,6 @@ def _finish(
         questions = data.world.knowledge_questions("eval")[: cfg.eval.knowledge_questions]
         ev["knowledge"] = knowledge_accuracy(model, data.tokenizer, questions)
         problems = data.world.reasoning_problems(cfg.eval.reasoning_problems, split="eval")
-        ev.update(
-            reasoning_eval(
-                model,
-                data.tokenizer,
-                problems,
-                n=cfg.eval.samples,
-                k=cfg.eval.pass_k,
-                temperature=cfg.eval.temperature,
-                top_p=cfg.eval.top_p,
-                max_new_tokens=cfg.eval.max_new_tokens,
-            )
-        )
+        ev.update(reasoning_eval(model, data.tokenizer, problems, cfg))
     write_json(out / "eval.json", ev)
     return ev

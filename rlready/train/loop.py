@@ -1,4 +1,5 @@
-"""What every stage's loop shares: how it stops on SIGTERM/SIGINT."""
+"""What every stage's loop shares, so that a stage reads set up -> batch -> step -> log -> save: how it stops
+on SIGTERM/SIGINT, when it checkpoints, its autocast, its warnings, its logger and its gradient clipping."""
 
 from __future__ import annotations
 
@@ -7,10 +8,15 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import torch
+
+from rlready.config import RunConfig
 from rlready.errors import Interrupted
+from rlready.train.logger import RunLogger
 
 
 class StopFlag:
@@ -72,3 +78,58 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
     if os.getppid() != int(parent):  # the study died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+class CheckpointPolicy:
+    """Decides for itself when a step is checkpointed: every ``train.checkpoint_every`` steps (not at the
+    last one, which the final export follows) and when the run is stopping, which then ends with
+    ``Interrupted``. ``ok=False`` (a skipped, non-finite step) writes nothing: the last good checkpoint stays."""
+
+    def __init__(self, cfg: RunConfig, root: Path, save: Callable[[int], None]) -> None:
+        self.every, self.max_steps, self.root, self.save = (
+            cfg.train.checkpoint_every,
+            cfg.train.max_steps,
+            root,
+            save,
+        )
+
+    def maybe_save(self, step: int, stop: bool, ok: bool = True) -> None:
+        due = self.every and step % self.every == 0 and step < self.max_steps
+        if (stop or due) and ok:
+            self.save(step)
+        if stop:
+            where = f"checkpoint written to {self.root}" if ok else "last good checkpoint kept"
+            raise Interrupted(f"interrupted at step {step}; {where}; run the same command to resume")
+
+
+def autocast(mode: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """``train.autocast``: bf16 autocast on request, or by default on CUDA; float32 otherwise."""
+    if mode == "bf16" or (mode == "auto" and device.type == "cuda"):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def warner(enabled: bool) -> Callable[[str], None]:
+    """Warnings go to stderr with the other diagnostics (stdout carries only the result line); rank 0's only."""
+    if not enabled:
+        return lambda msg: None
+    return lambda msg: print(f"rlready: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def run_logger(cfg: RunConfig, out: Path, start_step: int, enabled: bool = True) -> RunLogger:
+    return RunLogger(
+        out,
+        total_steps=cfg.train.max_steps,
+        start_step=start_step,
+        enabled=enabled,
+        progress=cfg.log.progress,
+        tensorboard=cfg.log.tensorboard,
+        wandb=cfg.log.wandb,
+        run_name=f"{cfg.stage}:{out.name}",
+        config=cfg.to_dict(),
+    )
+
+
+def clip_grad(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """The gradient's global norm, clipped to ``train.grad_clip`` (0: measured only)."""
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else float("inf"))

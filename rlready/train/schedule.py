@@ -1,4 +1,4 @@
-"""Learning-rate schedule: warmup-stable-decay (PAPER.md §4).
+"""Learning-rate schedule: warmup-stable-decay (docs/method.md §6).
 
 Linear warmup to ``lr`` over ``warmup_steps``, constant, then a linear decay to ``final_lr`` over the last
 ``decay_fraction`` of the steps. Mid-training uses ``warmup_steps=0, decay_fraction=1`` (the paper decays

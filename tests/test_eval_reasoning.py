@@ -1,0 +1,164 @@
+"""The held-out reasoning evaluator every stage uses (``rlready.eval.reasoning``): its metrics against hand
+computation, its scorer, and the same numbers from the mid-training stage's final evaluation and from the RL
+stage's ``initial`` evaluation of the same model."""
+
+from __future__ import annotations
+
+import operator
+
+import pytest
+import torch
+
+from rlready import recipes
+from rlready.config import EvalConfig
+from rlready.eval.reasoning import InProcessScorer, evaluate_reasoning
+from rlready.metrics import paired_gain
+from rlready.rl.rewards import get_reward
+from rlready.rl.rollout import Completion
+from rlready.rl.tasks import Task
+
+
+class FixedSampler:
+    """Returns the given completions of each prompt and records how it was called."""
+
+    def __init__(self, texts: dict[str, list[str]]) -> None:
+        self.texts, self.calls = texts, []
+
+    def generate(self, prompts, n, max_new_tokens, temperature, top_p=1.0):
+        self.calls.append((list(prompts), n, max_new_tokens, temperature, top_p, torch.initial_seed()))
+        return [[Completion([], [], t, False) for t in self.texts[p][:n]] for p in prompts]
+
+
+def test_metrics_match_hand_computation() -> None:
+    sampler = FixedSampler(
+        {
+            # answers 5, 5, 3, none: 2 of 4 right, the vote (5) right
+            "a": ["so #### 5", "#### 5.", "#### 3", "no answer"],
+            # answers 3, 3, 7, 8: 1 of 4 right, the vote (3) wrong
+            "b": ["#### 3", "#### 3", "#### 7", "#### 8"],
+        }
+    )
+    ec = EvalConfig(samples=4, pass_k=2, temperature=0.0, top_p=0.9, max_new_tokens=7)
+    rng_before = torch.get_rng_state()
+    got = evaluate_reasoning(
+        sampler,
+        InProcessScorer(get_reward("arithmetic")),
+        [Task("a", "5"), Task("b", "7")],
+        ec,
+        seed=11,
+        reward="arithmetic",
+    )
+    # Pass@2 = 1 - C(n-c, 2) / C(4, 2): 1 - 1/6 with 2 right, 1 - 3/6 with 1 right. Avg@j and Cons@j take the
+    # first j samples: Avg@1 = (1 + 0) / 2, Avg@2 = (1 + 0) / 2, Cons@1 = Cons@2 = (5 right + 3 wrong) / 2.
+    want = {
+        "avg@1": 0.5,
+        "cons@1": 0.5,
+        "pass@1": (2 / 4 + 1 / 4) / 2,
+        "avg@2": 0.5,
+        "cons@2": 0.5,
+        "pass@2": (5 / 6 + 1 / 2) / 2,
+        "avg@4": (2 / 4 + 1 / 4) / 2,
+        "cons@4": 0.5,
+        "pass@4": 1.0,
+        "avg@k": (2 / 4 + 1 / 4) / 2,
+        "cons@k": 0.5,
+        "pass@k": (5 / 6 + 1 / 2) / 2,
+        "avg@k_per_problem": [0.5, 0.25],
+        "n": 4,
+        "k": 2,
+        "problems": 2,
+        "reward_failures": 0,
+    }
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key
+    # One call with every prompt, the settings, a tiny temperature for 0, and the seed; the caller's RNG
+    # is left as it was.
+    assert sampler.calls == [(["a", "b"], 4, 7, 1e-5, 0.9, 11)]
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    with pytest.raises(ValueError, match="no problems"):
+        evaluate_reasoning(sampler, InProcessScorer(operator.eq), [], ec, seed=0, reward="arithmetic")
+
+
+def test_in_process_scorer_counts_failed_rewards_as_wrong() -> None:
+    scorer = InProcessScorer(get_reward("arithmetic"))  # a gold answer that is not a number raises
+    assert scorer.score(["#### 1", "#### 1", "#### 2"], ["1", "x", "1"]) == ([1.0, 0.0, 0.0], 1)
+    assert InProcessScorer(lambda c, a: float("nan")).score(["a"], ["b"]) == ([0.0], 1)
+    with pytest.raises(ValueError, match="pair up"):
+        scorer.score(["a"], [])
+
+
+# -- the mid-trained model's evaluation is RL's initial evaluation -----------------------------------------
+
+_EVAL = [
+    ("eval.reasoning_problems", "3"),
+    ("eval.samples", "4"),
+    ("eval.pass_k", "2"),
+    ("eval.max_new_tokens", "6"),
+]
+
+
+def _first_word(text: str) -> str | None:
+    words = text.split()
+    return words[0] if words else None
+
+
+@pytest.fixture(scope="module")
+def mid_trained(tmp_path_factory: pytest.TempPathFactory):
+    """A mid-training stage's end: its (untrained, tiny) model in memory and saved as ``final/``."""
+    from rlready.data.tokenizer import train_tokenizer
+    from rlready.data.world import World, WorldConfig
+    from rlready.models import build_config, build_model, save_model
+
+    tok = train_tokenizer(World(WorldConfig(seed=0)).documents("midtrain", n_chars=30_000), 384)
+    torch.manual_seed(0)
+    model_cfg = build_config("tiny", vocab_size=len(tok))
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(model_cfg, attr, tok.eos_token_id)
+    model = build_model(model_cfg)
+    return model, tok, save_model(model, tok, tmp_path_factory.mktemp("midtrain") / "final")
+
+
+@pytest.mark.parametrize("backend", ["cached", "hf"])
+def test_mid_training_and_rl_initial_evaluations_agree(
+    mid_trained, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    from rlready.data.tokenizer import load_tokenizer
+    from rlready.data.world import World
+    from rlready.eval.lm import reasoning_eval
+    from rlready.rl import answers, rewards
+    from rlready.rl.rollout import make_backend
+    from rlready.rl.scoring import RewardScorer
+    from rlready.rl.tasks import load_tasks
+    from rlready.train import rl
+    from rlready.train.lm import load_or_build_model, world_config
+
+    # An untrained model never writes a right "#### n"; a lexicographic reward (picklable, for the spawned
+    # reward worker) and votes on the first word make every metric depend on the samples.
+    monkeypatch.setitem(rewards._REGISTRY, "arithmetic", operator.lt)
+    monkeypatch.setattr(answers, "extract_hash_answer", _first_word)
+
+    # The mid-training stage's final evaluation, as _finish makes it.
+    model, tok, final = mid_trained
+    overrides = [*_EVAL, ("model.init", str(final)), ("rl.backend", backend)]
+    mid_cfg = recipes.resolve("midtrain", "tiny", overrides=overrides)
+    problems = World(world_config(mid_cfg)).reasoning_problems(mid_cfg.eval.reasoning_problems, split="eval")
+    torch.manual_seed(1)  # whatever training left in the global RNG does not matter
+    mid = reasoning_eval(model, tok, problems, mid_cfg)
+
+    # The RL stage on that model: as rl._setup and rl._train build it.
+    rl_cfg = recipes.resolve("rl", "tiny", overrides=[*overrides, ("rl.train_problems", "4")])
+    _, held = load_tasks(rl_cfg)
+    assert [(t.prompt, t.answer) for t in held] == [(p.prompt, p.answer) for p in problems]
+    rl_tok = load_tokenizer(final)
+    policy = load_or_build_model(rl_cfg, rl_tok, torch.device("cpu"))
+    sampler = make_backend(backend, policy, rl_tok, model_dir=str(final), gen_batch=rl_cfg.rl.gen_batch)
+    torch.manual_seed(2)
+    with RewardScorer(rewards.get_reward(rl_cfg.rl.reward), rl_cfg.rl.reward_timeout_s) as scorer:
+        initial = rl.evaluate(sampler, scorer, held, rl_cfg, rl_cfg.seed + 1)
+
+    assert "reasoning" in mid  # greedy accuracy: the LM stages' own curve
+    assert {key: v for key, v in mid.items() if key != "reasoning"} == initial
+    assert 0.0 < initial["avg@k"] < 1.0 and 0.0 < initial["pass@k"] <= 1.0
+    assert len(set(initial["avg@k_per_problem"])) > 1
+    assert paired_gain(mid["avg@k_per_problem"], initial["avg@k_per_problem"]) == (0.0, 0.0)
