@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shlex
 import shutil
@@ -499,12 +498,3 @@ def stage_overrides(extra: list[str], stage: str) -> list[tuple[str, str]]:
             out.append((key, value))
     return out
 
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not vals:
-        return float("nan"), float("nan")
-    m = sum(vals) / len(vals)
-    if len(vals) < 2:
-        return m, float("nan")
-    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
