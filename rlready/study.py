@@ -497,4 +497,3 @@ def stage_overrides(extra: list[str], stage: str) -> list[tuple[str, str]]:
         elif _applies(key, stage):
             out.append((key, value))
     return out
-
