@@ -163,7 +163,8 @@ def test_study_forwards_sigterm_to_its_stage_and_its_stage_dies_with_it(env, tmp
     assert "interrupted" in log.read_text().splitlines()[-1]
 
 
-def test_sigterm_during_rl_start_up_or_its_first_evaluation_exits_3_with_the_message(env, tmp_path):
+@pytest.mark.parametrize("delay", [0.0, 1.0, 2.5])  # model set-up, reward workers starting, first evaluation
+def test_sigterm_during_rl_start_up_or_its_first_evaluation_exits_3_with_the_message(env, tmp_path, delay):
     rlready = venv_script("rlready")
     pre = tmp_path / "pre"
     subprocess.run(
@@ -178,6 +179,7 @@ def test_sigterm_during_rl_start_up_or_its_first_evaluation_exits_3_with_the_mes
     rl = subprocess.Popen(cmd, env=proc_env(env), stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: (out / "config.json").is_file(), 300, "the RL stage to claim --out")
+        time.sleep(delay)
         rl.send_signal(signal.SIGTERM)
         _, err = rl.communicate(timeout=120)
     finally:

@@ -292,14 +292,14 @@ def _setup(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> _Setup |
 
                 save_tokenizer(data.tokenizer, out / "tokenizer")
         except (ConfigError, OSError) as err:
+            if lock is not None:
+                lock.release()
             if not d.enabled:
                 raise
-            error = str(err)
+            lock, error = None, str(err)
     # Rank 0's outcome for every rank, so that a refused --out ends every process with the same message.
     error, finished = dist.broadcast_object((error, d.is_main and lock is None and error is None), d)
     if error is not None:
-        if lock is not None:
-            lock.release()
         raise ConfigError(error)
     if finished:  # another process finished this run while the inputs were read
         return json.loads((out / "eval.json").read_text())

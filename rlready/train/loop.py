@@ -60,6 +60,20 @@ class StopFlag:
         finally:
             self._deferred = False
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[StopFlag]:
+        """A signal waits until the block is done, then raises: for work that must not stop half-way
+        (starting worker processes, which would otherwise read a closed pipe and print tracebacks)."""
+        pending = self.signum
+        with self.deferred():
+            yield self
+        if self.signum is not None and pending is None and not self._raised:
+            self._raised = True
+            raise Interrupted(
+                f"interrupted by {signal.Signals(self.signum).name} during {self.phase}; "
+                "run the same command to resume"
+            )
+
     def __exit__(self, *exc: Any) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)

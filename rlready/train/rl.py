@@ -172,9 +172,11 @@ def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFla
         logger = ends.enter_context(
             contextlib.closing(loop.run_logger(cfg, out, 0 if ckpt is None else ckpt.step))
         )
-        scorer = ends.enter_context(
-            RewardScorer(setup.reward, rc.reward_timeout_s, num_workers=rc.reward_workers)
-        )
+        stop.phase = "the start of the reward workers"
+        with stop.held():  # a worker cut off while it starts would print a traceback into the terminal
+            scorer = ends.enter_context(
+                RewardScorer(setup.reward, rc.reward_timeout_s, num_workers=rc.reward_workers)
+            )
         stop.phase = "the initial evaluation"
         initial = _initial_eval(out, backend, scorer, setup.eval_tasks, cfg, logger)
         torch.manual_seed(cfg.seed)  # the rollout RNG (HF generate samples from torch's global generator)
