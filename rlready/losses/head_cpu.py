@@ -32,6 +32,7 @@ numba is optional (``pip install "rlready[cpu]"``); without it ``select.head_ter
 
 from __future__ import annotations
 
+import ctypes
 import threading
 
 import numba
@@ -68,21 +69,56 @@ _pool_lock = threading.Lock()
 _pool_started = False
 
 
-def _start_threads() -> None:
-    """Start numba's thread pool, once, then give PyTorch back its thread count.
+_OMP_CALLS = (
+    "omp_get_nested",
+    "omp_set_nested",
+    "omp_get_max_active_levels",
+    "omp_set_max_active_levels",
+    "omp_set_num_threads",
+)
 
-    Starting numba's OpenMP pool sets the OpenMP thread count that PyTorch reads to ``NUMBA_NUM_THREADS``
-    (all cores). Left so, two one-thread processes under ``torchrun`` on two cores each ran two PyTorch
-    threads, and the loop ran at a third of its speed. It starts on the kernel's first call, not at import,
-    so that importing the loss touches no thread count. The lock makes a concurrent first call wait until
-    the count is given back, rather than read the pool's and keep it.
+
+def _openmp() -> ctypes.CDLL | None:
+    """The OpenMP runtime that ``omp_*`` calls resolve to in this process (PyTorch's libgomp, which numba's
+    pool binds to as well), or None where the symbols cannot be looked up."""
+    try:
+        lib = ctypes.CDLL(None)
+        for name in _OMP_CALLS:
+            getattr(lib, name)
+    except (OSError, TypeError, AttributeError):
+        return None
+    return lib
+
+
+def _start_threads() -> None:
+    """Start numba's thread pool, once, and leave PyTorch's threading as it was.
+
+    numba's OpenMP pool binds to the OpenMP runtime PyTorch loaded, and starting it sets that runtime's
+    thread count to ``NUMBA_NUM_THREADS`` (all cores) and its nesting settings. Left so, two one-thread
+    processes under ``torchrun`` on two cores each ran two PyTorch threads, and the loop ran at a third of
+    its speed. The settings are put back through the runtime itself, not ``torch.set_num_threads``: that
+    also switches MKL's dynamic threading off, so the process would run its matmuls one way before the
+    kernel's first call and another way after it. The first call comes with the first step that needs the
+    head (with a loss that has no top-k terms: the first logging step), which in a run resumed from a
+    checkpoint is a later step than in an uninterrupted one, so the two would compute the steps in between
+    differently: with more than one thread, a resumed run would not end with the same weights.
+    ``torch.set_num_threads`` remains the fallback where the runtime cannot be reached. The pool starts on
+    the kernel's first call, not at import, so that importing the loss touches no thread count. The lock
+    makes a concurrent first call wait until the settings are back, rather than read the pool's.
     """
     global _pool_started
     with _pool_lock:
         if not _pool_started:
             threads = torch.get_num_threads()
+            omp = _openmp()
+            nesting = (omp.omp_get_nested(), omp.omp_get_max_active_levels()) if omp is not None else None
             numba.set_num_threads(_threads())  # starts the pool
-            torch.set_num_threads(threads)
+            if omp is not None and nesting is not None:
+                omp.omp_set_nested(nesting[0])  # first: in newer runtimes it also sets the active levels
+                omp.omp_set_max_active_levels(nesting[1])
+                omp.omp_set_num_threads(threads)
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
             _pool_started = True
 
 
