@@ -170,16 +170,14 @@ def _interrupt_during_start_up() -> dict[int, object]:
     to put back."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    from rlready.errors import Interrupted
+    from rlready.errors import interrupted
 
     raised = []
 
     def handle(signum: int, _frame: object) -> None:
         if not raised:  # once: a second signal must not interrupt the first one's clean-up
             raised.append(signum)
-            raise Interrupted(
-                f"interrupted by {signal.Signals(signum).name} during start-up; run the same command to resume"
-            )
+            raise interrupted(signum, "start-up")
 
     return {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
 

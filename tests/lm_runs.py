@@ -4,7 +4,10 @@ tokenizer and token cache per test module. ``env`` reaches the tests as a fixtur
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,3 +60,18 @@ def venv_script(name: str) -> str:
     found = shutil.which(name, path=str(Path(sys.executable).parent))
     assert found, f"{name} is not installed next to {sys.executable}"
     return found
+
+
+def signal_when(
+    cmd: list[str], out: Path, env: dict, when: Callable[[Path], bool], sig: int
+) -> tuple[int, str]:
+    """Start ``cmd``, send ``sig`` as soon as ``when(out)`` holds, wait for it to end: (exit code, stderr)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if when(out):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.0005)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, PreTrainedTokenizerFast
+from test_models import make_tokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
 
 from rlready.models import (
     build_config,
@@ -28,19 +28,8 @@ VOCAB = 128
 ARCHITECTURES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
 
 
-def make_tokenizer(n_words: int) -> PreTrainedTokenizerFast:
-    vocab = {f"w{i}": i for i in range(n_words)}
-    vocab["<eos>"] = n_words
-    vocab["<unk>"] = n_words + 1
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>", pad_token="<eos>"
-    )
-
-
 @pytest.fixture(scope="module")
-def tokenizer() -> PreTrainedTokenizerFast:
+def tokenizer():
     return make_tokenizer(100)
 
 

@@ -14,13 +14,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+from lm_runs import signal_when
 
 THREADS = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
 
@@ -84,15 +84,8 @@ def _finish(out: Path, init: Path, env: dict) -> subprocess.CompletedProcess:
 def _interrupted_then_resumed(
     out: Path, init: Path, env: dict, when: Callable[[Path], bool], sig: int
 ) -> tuple[int, subprocess.CompletedProcess]:
-    proc = subprocess.Popen(_command(out, init), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        if when(out):
-            proc.send_signal(sig)
-            break
-        time.sleep(0.0005)
-    proc.communicate(timeout=300)
-    return proc.returncode, _finish(out, init, env)
+    returncode, _ = signal_when(_command(out, init), out, env, when, sig)
+    return returncode, _finish(out, init, env)
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:

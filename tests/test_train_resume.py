@@ -13,13 +13,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+from lm_runs import signal_when
 
 pytestmark = pytest.mark.slow
 
@@ -61,17 +61,7 @@ def writing_checkpoint(out: Path) -> bool:
 
 def run_until(out: Path, tok: Path, env: dict, when: Callable[[Path], bool], sig: int) -> tuple[int, str]:
     """Start the run, send ``sig`` as soon as ``when(out)`` holds, and wait for the process to end."""
-    proc = subprocess.Popen(
-        command(out, tok), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        if when(out):
-            proc.send_signal(sig)
-            break
-        time.sleep(0.0005)
-    _, err = proc.communicate(timeout=300)
-    return proc.returncode, err
+    return signal_when(command(out, tok), out, env, when, sig)
 
 
 def finish(out: Path, tok: Path, env: dict) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from rlready.config import RunConfig
-from rlready.errors import Interrupted
+from rlready.errors import Interrupted, interrupted
 from rlready.train.logger import RunLogger
 
 
@@ -47,10 +47,7 @@ class StopFlag:
         self.signum = signum
         if first and not self._deferred and not self._raised:
             self._raised = True
-            raise Interrupted(
-                f"interrupted by {signal.Signals(signum).name} during {self.phase}; "
-                "run the same command to resume"
-            )
+            raise interrupted(signum, self.phase)
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[StopFlag]:
@@ -69,10 +66,7 @@ class StopFlag:
             yield self
         if self.signum is not None and pending is None and not self._raised:
             self._raised = True
-            raise Interrupted(
-                f"interrupted by {signal.Signals(self.signum).name} during {self.phase}; "
-                "run the same command to resume"
-            )
+            raise interrupted(self.signum, self.phase)
 
     def __exit__(self, *exc: Any) -> None:
         for s, h in self._old.items():
