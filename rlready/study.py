@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from rlready import recipes
-from rlready.config import LOSS_KNOBS, SCHEDULED_KNOBS, ConfigError, LossConfig
+from rlready.config import LOSS_KNOBS, SCHEDULED_KNOBS, ConfigError, LossConfig, parse_k
 from rlready.errors import Interrupted
 from rlready.train import rundir
 from rlready.train.rundir import is_finished
@@ -56,7 +56,7 @@ class StudyConfig:
         return {"name": self.name, **self.loss.knobs()}
 
 
-# The report's claims (rlready/report/claims.py, PAPER_CLAIMS) compare these configurations by name.
+# The report's claims (rlready/report/claims.py) are generated from the configurations' knobs, not names.
 DEFAULT_CONFIGS = (
     StudyConfig("CE"),
     StudyConfig("beta=-0.25", LossConfig(beta="-0.25")),
@@ -69,9 +69,20 @@ _FIELDS = ("name", *LOSS_KNOBS)
 
 def load_configs(path: str | Path) -> list[StudyConfig]:
     """A YAML/TOML list of ``{name, beta, lam_head, lam_tail, k}`` (TOML: ``[[configs]]`` tables)."""
+    return _load_study_file(path)[0]
+
+
+def load_claims(path: str | Path) -> list[Any]:
+    """The claims a configurations file adds (``claims:`` next to ``configs:``; rlready/report/claims.py)."""
+    return _load_study_file(path)[1]
+
+
+def _load_study_file(path: str | Path) -> tuple[list[StudyConfig], list[Any]]:
     from rlready.config import load_file
+    from rlready.report.claims import parse_claims
 
     p = Path(path)
+    claims: list[Any] = []
     if p.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
@@ -82,9 +93,12 @@ def load_configs(path: str | Path) -> list[StudyConfig]:
         except yaml.YAMLError as err:
             raise ConfigError(f"malformed YAML in {str(p)!r}: {str(err).splitlines()[0]}") from None
         if isinstance(data, dict):
+            claims = parse_claims(data.get("claims"), str(p))
             data = data.get("configs")
     else:
-        data = load_file(p).get("configs")
+        mapping = load_file(p)
+        claims = parse_claims(mapping.get("claims"), str(p))
+        data = mapping.get("configs")
     if not isinstance(data, list) or not data:
         raise ConfigError(f"{str(p)!r} must hold a non-empty list of configurations ({', '.join(_FIELDS)})")
     out: list[StudyConfig] = []
@@ -99,18 +113,15 @@ def load_configs(path: str | Path) -> list[StudyConfig]:
             raise ConfigError(f"configuration name {name!r} must be a plain, non-empty file name")
         knobs = {key: item[key] for key in SCHEDULED_KNOBS if key in item}
         try:
-            k = int(item.get("k", 100))
-        except (TypeError, ValueError):
-            raise ConfigError(f"configuration {name!r}: k must be an integer") from None
-        try:
-            loss = LossConfig(**knobs, k=k)
+            # k: a count (int) or a fraction of the vocabulary (float in (0, 1)), docs/method.md §1
+            loss = LossConfig(**knobs, k=parse_k("k", item.get("k", 100)))
         except ConfigError as err:
             raise ConfigError(f"configuration {name!r}: {err}") from None
         out.append(StudyConfig(name, loss))
     names = [c.name for c in out]
     if len(set(names)) != len(names):
         raise ConfigError(f"configuration names must be unique, got {names}")
-    return out
+    return out, claims
 
 
 @dataclass
@@ -369,11 +380,13 @@ def run_study(
     extra: list[str] | None = None,
     overwrite: bool = False,
     debug: bool = False,
+    claims: list[Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the whole study and write ``summary.json`` and ``report.md``.
 
     ``launcher`` is not a setting of the study: a study may be resumed with or without one (processes that
-    share the global batch give the same run to float rounding).
+    share the global batch give the same run to float rounding). Nor are ``claims`` (a configurations file's
+    own, :func:`load_claims`), which the report checks next to the default ones and which change no run.
     """
     from rlready import config as cfgmod
 
@@ -407,7 +420,7 @@ def run_study(
         "overrides": extra,
     }
     with _claim_study(out, settings, overwrite):
-        return _run_jobs(out, configs, seeds, preset, extra, jobs, launch, debug)
+        return _run_jobs(out, configs, seeds, preset, extra, jobs, launch, debug, claims or [])
 
 
 def _run_jobs(
@@ -419,6 +432,7 @@ def _run_jobs(
     jobs: int | None,
     launch: list[str] | None,
     debug: bool,
+    claims: list[Any],
 ) -> dict[str, Any]:
 
     runs = [Job(c, s, out / "runs" / f"{c.name}-s{s}") for c in configs for s in range(seeds)]
@@ -463,10 +477,12 @@ def _run_jobs(
             f"study interrupted by {signal.Signals(stages.signum).name}; its running stages checkpointed; "
             "run the same command to resume"
         )
+    from rlready.report.claims import claims_entries
     from rlready.report.summary import collect
 
     summary = collect(out, runs)
     summary["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    summary["claims"] = claims_entries(summary, claims)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     from rlready.report.report import write_report
 

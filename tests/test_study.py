@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from rlready.config import ConfigError, LossConfig
-from rlready.report.report import claims, verdict, write_report
+from rlready.report.claims import claims_entries
+from rlready.report.report import write_report
 from rlready.report.summary import collect, read_metrics
 from rlready.study import DEFAULT_CONFIGS, Job, StudyConfig, load_configs, stage_overrides
 
@@ -43,6 +44,13 @@ def test_load_configs_yaml_and_toml(tmp_path: Path) -> None:
     assert load_configs(t) == [StudyConfig("x", LossConfig(beta="0.5"))]
 
 
+def test_load_configs_take_k_as_a_count_or_a_fraction(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("- {name: a, k: 0.05, lam_tail: -0.1}\n- {name: b, k: '7'}\n")
+    configs = load_configs(f)
+    assert [c.loss.k for c in configs] == [0.05, 7] and isinstance(configs[1].loss.k, int)
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -52,6 +60,9 @@ def test_load_configs_yaml_and_toml(tmp_path: Path) -> None:
         ("- {name: a}\n- {name: a}", "unique"),
         ("- {name: ../x}", "plain"),
         ("- {name: a, k: many}", "k must be an integer"),
+        ("- {name: a, k: 1.0}", "configuration 'a': k .*ambiguous"),
+        ("- {name: a, k: 0}", "configuration 'a': k must be"),
+        ("- {name: a, k: 2.5}", "configuration 'a': k must be"),
         ("- {name: a, beta: 'linear:1'}", "configuration 'a': loss.beta: bad schedule"),
         ("- [unclosed", "malformed YAML"),
     ],
@@ -113,14 +124,6 @@ def test_bad_launcher_is_refused_before_anything_is_written(
     assert not (tmp_path / "study").exists()
 
 
-def test_verdict() -> None:
-    assert verdict([2.0, 2.1, 2.05], [1.0, 1.1, 1.05], larger=True) == "reproduced"
-    assert verdict([1.0, 1.1, 1.05], [2.0, 2.1, 2.05], larger=True) == "not reproduced"
-    assert verdict([1.0, 2.0, 3.0], [1.5, 2.5, 1.0], larger=True).startswith("inconclusive")
-    assert verdict([1.0], [2.0], larger=False).startswith("consistent (1 seed")
-    assert verdict([], [2.0], larger=False) == "not measured"
-
-
 def _fake_study(root: Path, seeds: int = 2) -> list[Job]:
     """Run directories as the stages write them, with entropies ordered as the paper reports."""
     jobs = []
@@ -176,17 +179,43 @@ def test_collect_claims_and_report(tmp_path: Path) -> None:
     assert run["rl"]["initial"]["avg@k"] == 0.1
     summary["wall_time_s"] = 60.0
     (tmp_path / "summary.json").write_text(json.dumps(summary))
-    table = {c[0]: c[2] for c in claims(summary)}
-    assert table["Lower entropy after pre-training with beta=-0.25 than CE"] == "reproduced"
-    assert table["Higher entropy after pre-training with beta=0.5 than CE"] == "reproduced"
-    assert table["Perplexity converges to comparable values for every beta"].startswith("reproduced")
-    assert table["RL raises Avg@k over the starting model (all configurations)"] == "reproduced"
+    table = {c["text"]: c["verdict"] for c in claims_entries(summary)}
+    assert table["beta=-0.25: lower held-out entropy than CE after pre-training"] == "reproduced"
+    assert table["beta=0.5: higher held-out entropy than CE after pre-training"] == "reproduced"
+    assert table["beta=0.5: perplexity within 10% of CE's after pre-training"] == "reproduced"
+    assert table["RL raises Avg@k over the starting model (every configuration)"] == "reproduced"
+    assert run["rl_dynamics"]["entropy_drop"] == pytest.approx(
+        ((1 + 1 / 2 + 1 / 3) / 3 - 1 / 4) / (2.4 + 11 / 18)
+    )
     [path] = write_report([tmp_path])
     text = path.read_text()
     for fig in ("pretrain.png", "midtrain.png", "rl.png", "passk.png"):
         assert (tmp_path / "figures" / fig).stat().st_size > 1000 and fig in text
     assert "| beta=-0.25 |" in text and "2.205 ± 0.007" in text  # mean ± std over the two seeds
     assert "0.200 ± 0.000 |" in text and "paired SE" not in text  # gains over seeds, not one run's SE
+
+
+def test_the_study_writes_its_claims_into_summary_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rlready import study
+    from rlready.report.claims import Claim
+
+    _fake_study(tmp_path)  # every stage finished: nothing is scheduled
+    monkeypatch.setattr(study, "schedule", lambda jobs, parallel, run: None)
+    own = Claim("lam_head=0.1 keeps Avg@k", "rl", "avg@k", "lam_head=0.1", "CE", "at_least", 0.05)
+    study._run_jobs(tmp_path, list(DEFAULT_CONFIGS), 2, "tiny", [], 1, None, False, [own])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert all(run["rl_dynamics"]["entropy_drop"] is not None for run in summary["runs"])
+    entries = {e["text"]: e for e in summary["claims"]}
+    assert entries["lam_head=0.1 keeps Avg@k"]["origin"] == "file"
+    assert entries["lam_head=0.1 keeps Avg@k"]["verdict"] == "reproduced"  # equal on both seeds
+    gap = entries["Entropy gap beta=0.5 - beta=-0.25 is at least 10% of CE's entropy after pre-training"]
+    # Per seed (2.6 - 2.2) / (2.4 + 0.01 s): relative, against CE's entropy of the same seed.
+    assert gap["n"] == 2 and gap["diff_mean"] == pytest.approx((0.4 / 2.4 + 0.4 / 2.41) / 2)
+    assert gap["verdict"] == "reproduced"
+    text = (tmp_path / "report.md").read_text()
+    assert "| lam_head=0.1 keeps Avg@k | rl | avg@k |" in text and "| Entropy gap beta=0.5" in text
 
 
 def test_report_compares_studies_and_rejects_non_studies(tmp_path: Path) -> None:
@@ -282,7 +311,7 @@ def test_summary_records_each_configuration_as_study_json_does(tmp_path: Path) -
     entry = collect(tmp_path, jobs)["runs"][1]
     assert list(entry) == [
         *("name", "beta", "lam_head", "lam_tail", "k", "seed", "dir"),
-        *("pretrain", "midtrain", "rl"),
+        *("pretrain", "midtrain", "rl", "rl_dynamics"),
     ]
     assert {k: entry[k] for k in ("name", "beta", "k", "dir")} == {
         "name": "beta=-0.25",

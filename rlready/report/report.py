@@ -1,9 +1,11 @@
 """``report.md`` and its figures, mirroring the paper's at this scale (docs/method.md §8).
 
 Figures: perplexity and entropy vs tokens in pre-training; knowledge and reasoning after mid-training; RL
-accuracy, policy entropy and response length vs step; Pass@k vs k after RL. Tables per stage. Then each claim
-of the paper next to the measured outcome: reproduced, not reproduced, or inconclusive given the spread
-across seeds (mean +- std; with one seed no spread exists and the verdict says so).
+accuracy, policy entropy and response length vs step; Pass@k vs k after RL. Tables per stage (mean ± std over
+seeds). Then each claim of the paper (rlready/report/claims.py) with the seed-paired mean difference, its 95%
+interval and the verdict: reproduced, not reproduced, inconclusive (also with one seed: no interval) or not
+measured (docs/method.md §7). When ``summary.json`` holds a fixed-point analysis, "What the data allows" sets
+it against the measured values.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlready.report.claims import PAPER_CLAIMS, Claim
-from rlready.report.summary import read_metrics
+from rlready.report.claims import claims_entries, describe
+from rlready.report.summary import read_metrics, with_dynamics
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
 
@@ -258,92 +260,94 @@ def _stage_dict(run: dict[str, Any], stage: str) -> dict[str, Any]:
 # -- claims -----------------------------------------------------------------------------------------------
 
 
-def verdict(a: list[float], b: list[float], *, larger: bool) -> str:
-    """Does ``mean(a) > mean(b)`` (``larger``) or ``<`` hold beyond two standard errors of the difference?"""
-    ma, sa, na = _mean_std(a)
-    mb, sb, nb = _mean_std(b)
-    if na == 0 or nb == 0:
-        return "not measured"
-    diff = ma - mb if larger else mb - ma
-    if na < 2 or nb < 2:
-        return "consistent (1 seed, no error bar)" if diff > 0 else "not consistent (1 seed, no error bar)"
-    se = math.sqrt(sa**2 / na + sb**2 / nb)
-    if diff > 2 * se:
-        return "reproduced"
-    if diff < -2 * se:
-        return "not reproduced"
-    return "inconclusive (within the spread across seeds)"
+def _num(x: float | None, relative: bool = False, sign: bool = False) -> str:
+    if x is None or not math.isfinite(x):
+        return "—"
+    if relative:
+        return f"{x:+.1%}" if sign else f"{x:.1%}"
+    return f"{x:+.3f}" if sign else f"{x:.3f}"
 
 
-def claims(summary: dict[str, Any], checked: Sequence[Claim] = PAPER_CLAIMS) -> list[tuple[str, str, str]]:
-    """One row (claim, measured, verdict) per claim in ``checked``. A claim on configurations the study
-    does not have (other ``--configs``) says which are missing rather than reporting an empty comparison."""
-    present = {run["name"] for run in summary["runs"]}
-    rows: list[tuple[str, str, str]] = []
-    for claim in checked:
-        missing = [name for name in claim.configs if name not in present]
-        if missing:
-            rows.append((claim.text, "–", _not_in_study(missing)))
-            continue
-        row = _comparable(summary, claim) if claim.kind == "comparable" else _compared(summary, claim)
-        if row is not None:
-            rows.append((claim.text, *row))
-    return rows
+def _test(entry: dict[str, Any]) -> str:
+    """The rule that makes the claim reproduced, in words (docs/method.md §7)."""
+    relative = entry.get("scale") is not None
+    m = entry["margin"]
+    rule = {
+        "higher": f"CI > {_num(m, relative)}",
+        "lower": f"CI < {_num(m, relative)}",
+        "at_least": f"CI > {_num(-m, relative)} (non-inferiority)",
+        "within": f"CI within ±{_num(m, relative)}",
+    }[entry["direction"]]
+    return f"relative to {describe(entry['scale'])}: {rule}" if relative else rule
 
 
-def _not_in_study(missing: list[str]) -> str:
-    names = ", ".join(repr(name) for name in missing)
-    return f"not measured: the study has no configuration{'s' if len(missing) > 1 else ''} named {names}"
+def _compared(entry: dict[str, Any]) -> str:
+    if entry.get("kind") == "gain":
+        return f"{describe(entry['config'])} vs its start"
+    return f"{describe(entry['config'])} vs {describe(entry['baseline'])}"
 
 
-def _runs(summary: dict[str, Any], names: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The runs of the named configurations (every run when none is named), in the summary's order."""
-    return [run for run in summary["runs"] if not names or run["name"] in names]
+def _measured(entry: dict[str, Any]) -> str:
+    a, b = entry.get("config_mean"), entry.get("baseline_mean")
+    if a is None or b is None:
+        return "—"
+    if entry.get("kind") == "gain":
+        return f"{_num(a)} after vs {_num(b)} before"
+    return f"{_num(a)} vs {_num(b)}"
 
 
-def _metric(runs: list[dict[str, Any]], claim: Claim) -> list[float]:
-    """The claim's metric per run; several keys are averaged, pairing the runs that report each."""
-    values = [_values(runs, claim.stage, key) for key in claim.keys]
-    if len(values) == 1:
-        return values[0]
-    return [sum(vs) / len(vs) for vs in zip(*values, strict=False)]
+def _difference(entry: dict[str, Any]) -> str:
+    relative = entry.get("scale") is not None
+    mean = entry.get("diff_mean")
+    if mean is None:
+        return "—"
+    low, high = entry.get("diff_ci_low"), entry.get("diff_ci_high")
+    if low is None or high is None:
+        return f"{_num(mean, relative, sign=True)} (no interval)"
+    return f"{_num(mean, relative, sign=True)} [{_num(low, relative, sign=True)}, {_num(high, relative, sign=True)}]"
 
 
-def _gain_per_run(runs: list[dict[str, Any]], claim: Claim) -> list[float]:
-    """Per run with the stage evaluated: the metric minus its value on the starting model (NaN if absent)."""
-
-    def value(run: dict[str, Any], prefix: str) -> float:
-        vs = [(_values([run], claim.stage, prefix + key) or [float("nan")])[0] for key in claim.keys]
-        return vs[0] if len(vs) == 1 else sum(vs) / len(vs)
-
-    return [value(run, "") - value(run, "initial/") for run in runs if _stage_dict(run, claim.stage)]
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|")
 
 
-def _compared(summary: dict[str, Any], claim: Claim) -> tuple[str, str]:
-    if claim.kind == "gain":
-        a = _gain_per_run(_runs(summary, claim.configs), claim)
-        b = [0.0] * len(a)
-    else:
-        a, b = (_metric(_runs(summary, (name,)), claim) for name in claim.configs)
-    larger = claim.kind != "below"
-    return f"{_fmt(a)} vs {_fmt(b)} ({claim.label})", verdict(a, b, larger=larger)
-
-
-def _comparable(summary: dict[str, Any], claim: Claim) -> tuple[str, str] | None:
-    """Whether the configurations' means lie within the tolerance; no row when fewer than two are measured."""
-    names = claim.configs or tuple(dict.fromkeys(run["name"] for run in summary["runs"]))
-    means = {name: _mean_std(_metric(_runs(summary, (name,)), claim))[0] for name in names}
-    finite = [m for m in means.values() if math.isfinite(m)]
-    if len(finite) < 2:
-        return None
-    spread = max(finite) / min(finite) - 1
-    within = f"{claim.tolerance:.0%}"
-    return (
-        ", ".join(f"{name}: {m:.2f}" for name, m in means.items()) + f" (max/min - 1 = {spread:.1%})",
-        f"reproduced (within {within})"
-        if spread <= claim.tolerance
-        else f"not reproduced (more than {within} apart)",
+def claims_table(entries: Sequence[dict[str, Any]]) -> str:
+    """The claims of ``summary.json`` as a markdown table, with the rules that decide them."""
+    rows = []
+    for e in entries:
+        metric = e["metric"] if isinstance(e["metric"], str) else " & ".join(e["metric"])
+        verdict = e["verdict"] + (f": {e['detail']}" if e.get("detail") else "")
+        rows.append(
+            [
+                _cell(e["text"]),
+                e["stage"],
+                _cell(metric),
+                _cell(_compared(e)),
+                _measured(e),
+                str(e["n"]),
+                _difference(e),
+                _cell(_test(e)),
+                _cell(verdict),
+            ]
+        )
+    header = ["claim", "stage", "metric", "compared", "measured (means)", "n", "mean difference [95% CI]"]
+    out = [_table([*header, "reproduced when", "verdict"], rows), ""]
+    out.append(
+        "A comparison pairs the runs of two configurations that share a seed (the same initialisation and "
+        "data order): per seed, d = config - baseline (divided by the third configuration's value when the "
+        "rule is relative), and the interval is the 95% t interval of the mean of d over the n seeds. A gain "
+        "pairs each run with its own starting model; for every configuration at once n counts runs. The "
+        'verdict is "not reproduced" when the interval lies entirely on the other side of the rule\'s bound '
+        '(outside ±margin for "within") and "inconclusive" otherwise (docs/method.md §7).'
     )
+    single = sum(1 for e in entries if e["n"] == 1)
+    if single:
+        out += [
+            "",
+            f"{single} claim{'s rest' if single > 1 else ' rests'} on one seed (n = 1): one difference gives no "
+            "interval, so the verdict is inconclusive; `--seeds 3` or more gives one.",
+        ]
+    return "\n".join(out)
 
 
 def _gain(runs: list[dict[str, Any]]) -> str:
@@ -356,18 +360,57 @@ def _gain(runs: list[dict[str, Any]]) -> str:
     return _fmt(gains)
 
 
-def _entropy_drop(study: Path, runs: list[dict[str, Any]]) -> list[float]:
-    """Relative fall of RL policy entropy from its first logged value to its minimum."""
-    out = []
-    for run in runs:
-        es = [
-            r["entropy"]
-            for r in read_metrics(study / run["dir"] / "rl" / "metrics.jsonl")
-            if isinstance(r.get("entropy"), (int, float))
-        ]
-        if len(es) >= 2 and es[0] > 0:
-            out.append((es[0] - min(es)) / es[0])
-    return out
+def _fixed_point(summary: dict[str, Any], groups: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """ "What the data allows": each objective's fixed point on a model of the data (docs/method.md §10)
+    next to the measured held-out values after pre-training; nothing when the summary has no fixed point."""
+    fp = summary.get("fixed_point")
+    if not isinstance(fp, dict):
+        return []
+    configs = fp.get("configs") if isinstance(fp.get("configs"), dict) else {}
+    names = [*groups, *(name for name in configs if name not in groups)]
+
+    def fixed(name: str, key: str) -> str:
+        value = (configs.get(name) or {}).get(key)
+        return _num(float(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+
+    def measured(name: str, key: str) -> str:
+        m, _, n = _mean_std(_values(groups.get(name, []), "pretrain", key))
+        return _num(m) if n else "—"
+
+    rows = []
+    for name in names:
+        row = [name]
+        for fp_key, eval_key in (
+            ("entropy", "entropy"),
+            ("entropy_fork", "entropy_fork"),
+            ("entropy_determ", "entropy_determ"),
+            ("tail_mass", "tail_mass"),
+            ("head_entropy", "head_entropy"),
+        ):
+            row += [fixed(name, fp_key), measured(name, eval_key)]
+        rows.append(row)
+    header = ["config"]
+    for label in ("entropy", "fork entropy", "near-deterministic entropy", "tail mass", "head entropy"):
+        header += [f"{label}: fixed point", "measured"]
+    oracle = fp.get("oracle") if isinstance(fp.get("oracle"), dict) else {}
+    facts = ", ".join(
+        f"{key} {_num(float(v))}"
+        for key, v in oracle.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    )
+    order, tokens = fp.get("order", "?"), fp.get("tokens", "?")
+    return [
+        "## What the data allows",
+        "",
+        f"The fixed point of each objective on an order-{order} model of the training data ({tokens} tokens): "
+        "the held-out values its training would reach with unlimited steps (docs/method.md §10), next to "
+        "the values measured after pre-training (mean over seeds). Fork tokens are those with several "
+        "plausible continuations, near-deterministic ones those with one."
+        + (f" The data itself: {facts}." if facts else ""),
+        "",
+        _table(header, rows),
+        "",
+    ]
 
 
 # -- report -----------------------------------------------------------------------------------------------
@@ -379,7 +422,18 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def prepare(study: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` as the report reads it: RL dynamics filled in for runs that lack them, and the claims
+    evaluated again by the current rules (the default claims of its configurations, then those its
+    configurations file added, which ``summary.json`` records with ``origin: "file"``)."""
+    summary = with_dynamics(study, summary)
+    return {**summary, "claims": claims_entries(summary)}
+
+
 def render(study: Path, summary: dict[str, Any]) -> str:
+    """``report.md`` of a study; ``summary`` as :func:`prepare` gives it (claims are evaluated if absent)."""
+    if "claims" not in summary:
+        summary = prepare(study, summary)
     settings = json.loads((study / "study.json").read_text()) if (study / "study.json").is_file() else {}
     groups = _by_config(summary)
     figures = make_figures(study, summary)
@@ -397,7 +451,16 @@ def render(study: Path, summary: dict[str, Any]) -> str:
     ]
     out += ["## Configurations", "", _table(["name", "beta", "lam_head", "lam_tail", "k"], cfg_rows), ""]
     out += ["## Pre-training", "", "![pre-training](figures/pretrain.png)", ""]
-    keys = [("ppl", 2), ("entropy", 3), ("accuracy", 3), ("head_mass", 3), ("knowledge", 3), ("reasoning", 3)]
+    keys = [
+        ("ppl", 2),
+        ("entropy", 3),
+        ("accuracy", 3),
+        ("head_mass", 3),
+        ("tail_mass", 3),
+        ("head_entropy", 3),
+        ("knowledge", 3),
+        ("reasoning", 3),
+    ]
     out += [
         _table(
             ["config", *[k for k, _ in keys]],
@@ -427,7 +490,8 @@ def render(study: Path, summary: dict[str, Any]) -> str:
                 _fmt(_values(r, "rl", "initial/pass@k")),
                 _fmt(_values(r, "rl", "pass@k")),
                 _gain(r),
-                _fmt(_entropy_drop(study, r), 2),
+                _fmt(_values(r, "rl_dynamics", "entropy_drop"), 2),
+                _fmt(_values(r, "rl_dynamics", "length_change"), 2),
             ]
         )
     out += [
@@ -441,18 +505,20 @@ def render(study: Path, summary: dict[str, Any]) -> str:
                 "Pass@k before",
                 "Pass@k after",
                 "Avg@k gain",
-                "entropy drop",
+                "entropy drop (early)",
+                "length change",
             ],
             rl_rows,
         ),
         "",
     ]
     out += [
-        "## The paper's claims at this scale",
+        "## The paper's claims at this scale (docs/method.md §8)",
         "",
-        _table(["claim (docs/method.md §8)", "measured", "verdict"], [list(c) for c in claims(summary)]),
+        claims_table(summary["claims"]),
         "",
     ]
+    out += _fixed_point(summary, groups)
     out += ["Figures: " + ", ".join(f"`figures/{f}` ({d})" for f, d in figures), ""]
     return "\n".join(out)
 
@@ -465,7 +531,7 @@ def write_report(dirs: list[Path], compare_out: Path | None = None) -> list[Path
         path = d / "summary.json"
         if not path.is_file():
             raise ValueError(f"{d} holds no summary.json (not a finished rlready study)")
-        summary = json.loads(path.read_text())
+        summary = prepare(d, json.loads(path.read_text()))
         summaries.append((d, summary))
         (d / "report.md").write_text(render(d, summary))
         written.append(d / "report.md")
@@ -473,12 +539,7 @@ def write_report(dirs: list[Path], compare_out: Path | None = None) -> list[Path
         target = compare_out or dirs[0] / "comparison.md"
         lines = ["# Comparison of studies", ""]
         for d, summary in summaries:
-            lines += [
-                f"## {d}",
-                "",
-                _table(["claim", "measured", "verdict"], [list(c) for c in claims(summary)]),
-                "",
-            ]
+            lines += [f"## {d}", "", claims_table(summary["claims"]), ""]
         target.write_text("\n".join(lines))
         written.append(target)
     return written

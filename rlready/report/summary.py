@@ -1,10 +1,19 @@
-"""``summary.json``: one entry per configuration and seed with the evaluation of every stage."""
+"""``summary.json``: one entry per configuration and seed with the evaluation of every stage and the RL
+dynamics of its run (docs/method.md §7); the study adds its claims (rlready/report/claims.py)."""
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+# The windows of the RL dynamics (docs/method.md §7): the first EARLY logged steps, and the last EARLY logged
+# steps up to step ENTROPY_HORIZON for the early entropy drop (the paper's collapse of high-entropy priors
+# happens in the first steps) or up to the last step for the change of response length.
+EARLY = 3
+ENTROPY_HORIZON = 10
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -24,8 +33,21 @@ def collect(out: Path, jobs: list[Any]) -> dict[str, Any]:
         }
         for stage in ("pretrain", "midtrain", "rl"):
             entry[stage] = _read(job.root / stage / "eval.json")
+        entry["rl_dynamics"] = rl_dynamics(read_metrics(job.root / "rl" / "metrics.jsonl"))
         runs.append(entry)
     return {"runs": runs}
+
+
+def with_dynamics(study: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` with ``rl_dynamics`` filled in from the run directories for runs that lack it (a
+    ``summary.json`` written before they were recorded)."""
+    runs = [
+        run
+        if "rl_dynamics" in run
+        else {**run, "rl_dynamics": rl_dynamics(read_metrics(study / run["dir"] / "rl" / "metrics.jsonl"))}
+        for run in summary.get("runs", [])
+    ]
+    return {**summary, "runs": runs}
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -41,3 +63,53 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             continue
     return records
+
+
+def _series(records: Sequence[Mapping[str, Any]], key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of the records with a finite ``key``, by step (a step logged twice: the last)."""
+    by_step: dict[int, float] = {}
+    for rec in records:
+        step, value = rec.get("step"), rec.get(key)
+        if (
+            isinstance(step, int)
+            and not isinstance(step, bool)
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        ):
+            by_step[step] = float(value)
+    return sorted(by_step.items())
+
+
+def _relative_change(series: list[tuple[int, float]], end_step: int) -> float | None:
+    """``(late - first) / first``: ``first`` the mean of the first EARLY points, ``late`` the mean of the last
+    EARLY points after those and at or before ``end_step``; None when either window is empty or
+    ``first`` is not positive."""
+    first = [v for _, v in series[:EARLY]]
+    late = [v for s, v in series[EARLY:] if s <= end_step][-EARLY:]
+    if not first or not late:
+        return None
+    f = sum(first) / len(first)
+    if f <= 0:
+        return None
+    return (sum(late) / len(late) - f) / f
+
+
+def rl_dynamics(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """The RL run's dynamics from its ``metrics.jsonl`` records (docs/method.md §7):
+
+    - ``entropy_drop``: ``(E_first - E_late) / E_first``, ``E_first`` the mean policy entropy (``entropy``)
+      of the first 3 logged steps, ``E_late`` that of the last 3 logged steps after them up to step
+      ``min(10, last logged step)``; positive when entropy falls.
+    - ``length_change``: ``(L_last - L_first) / L_first`` of ``response_len_mean``, first 3 and last 3
+      logged steps; negative when responses get shorter.
+
+    None when the run logged too few steps for two separate windows.
+    """
+    entropy = _series(records, "entropy")
+    length = _series(records, "response_len_mean")
+    drop = _relative_change(entropy, min(ENTROPY_HORIZON, entropy[-1][0])) if entropy else None
+    return {
+        "entropy_drop": None if drop is None else -drop,
+        "length_change": _relative_change(length, length[-1][0]) if length else None,
+    }
