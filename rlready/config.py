@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rlready.losses.schedules import SCHEDULES, Constant, Schedule, parse_schedule, weighting_at
+from rlready.losses.schemes import check_k
 
 STAGES = ("pretrain", "midtrain", "rl")
 
@@ -90,8 +91,10 @@ class DataConfig:
         _positive("data.reasoning_max_steps", self.reasoning_max_steps)
         if self.reasoning_max_operand < 2:
             raise ConfigError(f"data.reasoning_max_operand must be >= 2, got {self.reasoning_max_operand}")
-        if self.vocab_size < 256:
-            raise ConfigError(f"data.vocab_size must be >= 256 (byte-level BPE), got {self.vocab_size}")
+        if self.vocab_size < 258:  # rlready.data.tokenizer.train_tokenizer's minimum
+            raise ConfigError(
+                f"data.vocab_size must be >= 258 (256 bytes + EOS + PAD of byte-level BPE), got {self.vocab_size}"
+            )
         _at_most("data.vocab_size", self.vocab_size, MAX_VOCAB_SIZE)
         _at_most("data.world_chars", self.world_chars, MAX_WORLD_CHARS)
         _at_most("data.reasoning_max_steps", self.reasoning_max_steps, MAX_PROBLEM_STEPS)
@@ -112,7 +115,9 @@ class LossConfig:
     beta: Schedule = Constant(0.0)
     lam_head: Schedule = Constant(0.0)
     lam_tail: Schedule = Constant(0.0)
-    k: int = 100
+    # The head's size (docs/method.md §1): an int >= 1 is a count (capped at V), a float in (0, 1) a fraction
+    # of the vocabulary, resolved by the loss once V is known (rlready.losses.schemes.head_size).
+    k: int | float = 100
     chunk_size: int | None = None  # fused loss token chunk; None: Liger's rule (see losses/fused_linear.py)
 
     def __post_init__(self) -> None:
@@ -124,9 +129,7 @@ class LossConfig:
 
     def validate(self) -> None:
         self._parse_knobs()  # a knob assigned as text after construction
-        if self.k < 1:
-            raise ConfigError(f"loss.k must be >= 1, got {self.k}")
-        _at_most("loss.k", self.k, MAX_VOCAB_SIZE)  # a top-k over the vocabulary
+        _check_k("loss.k", self.k)
         if self.chunk_size is not None:
             _positive("loss.chunk_size", self.chunk_size)
             _at_most("loss.chunk_size", self.chunk_size, MAX_ITEMS)
@@ -458,6 +461,8 @@ def _convert(name: str, raw: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if args == [int, float]:
+            return _int_or_float(name, raw)
         if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
             return None
         return _convert(name, raw, args[0])
@@ -501,6 +506,43 @@ def _convert(name: str, raw: Any, tp: Any) -> Any:
             raise ConfigError(f"{name} must be a string, got {raw!r}")
         return str(raw)
     raise ConfigError(f"{name}: unsupported type {tp!r}")  # pragma: no cover - a programming error
+
+
+def _check_k(name: str, k: Any) -> None:
+    error = check_k(k, name)
+    if error:
+        raise ConfigError(error)
+    if isinstance(k, int):
+        _at_most(name, k, MAX_VOCAB_SIZE)  # a top-k over the vocabulary
+
+
+def parse_k(name: str, raw: Any) -> int | float:
+    """A head size ``k`` from a file or the command line, checked (docs/method.md §1): an int >= 1 is a count,
+    a float in (0, 1) a fraction of the vocabulary; anything else is a ConfigError naming ``name``."""
+    try:
+        k = _int_or_float(name, raw)
+    except ConfigError:
+        k = raw  # not a number: the check below says what k must be
+    _check_k(name, k)
+    return k
+
+
+def _int_or_float(name: str, raw: Any) -> int | float:
+    """An ``int | float`` field (``loss.k``): the kind as given, so that the section's own check can tell a
+    count from a fraction. Text reads as an int when it is an integer literal (``100``, ``1_000``) and as a
+    float otherwise (``0.05``, ``1.0``, ``1e3``); NaN and infinities come through for that check to refuse."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise ConfigError(f"{name} must be a number, got {raw!r}")
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return int(raw.replace("_", ""))
+    except ValueError:
+        pass
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
 def _sections() -> dict[str, type]:

@@ -11,7 +11,7 @@ import math
 import operator
 from collections.abc import Callable, Sequence
 
-__all__ = ["avg_at_k", "cons_at_k", "majority_index", "paired_gain", "pass_at_k", "summarize"]
+__all__ = ["avg_at_k", "cons_at_k", "curve_ks", "majority_index", "paired_gain", "pass_at_k", "summarize"]
 
 Equal = Callable[[str, str], bool]
 
@@ -125,6 +125,15 @@ def summarize(
         out[f"cons@{k}"] = cons / m
         out[f"pass@{k}"] = pas / m
     return out
+
+
+def curve_ks(n: int, *extra: int) -> list[int]:
+    """The ``k`` of a Pass@k curve over ``n`` samples (docs/method.md §7): every power of two up to ``n``, plus
+    ``extra`` (such as the configured ``pass_k``) and ``n`` itself, sorted. ``log2 n`` points reach the large
+    ``k`` where the priors of the study differ (the paper reports Pass@64 of 128) at a cost linear in ``n``."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"curve_ks: n must be a positive int, got {n!r}")
+    return sorted({1 << i for i in range(n.bit_length()) if 1 << i <= n} | {n, *extra})
 
 
 def paired_gain(before: Sequence[float], after: Sequence[float]) -> tuple[float, float]:

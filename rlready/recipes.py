@@ -181,7 +181,11 @@ def _tiny_rl() -> RunConfig:
             task_max_steps=2,
             task_max_operand=9,
         ),
-        eval=EvalConfig(reasoning_problems=64, samples=8, pass_k=4, max_new_tokens=32),
+        # 32 samples per problem at the paper's RL sampling (T = 1, no nucleus): Avg@32 and a Pass@k curve up
+        # to k = 32 (docs/method.md §7); mid-training's evaluation copies these settings.
+        eval=EvalConfig(
+            reasoning_problems=64, samples=32, pass_k=32, max_new_tokens=32, temperature=1.0, top_p=1.0
+        ),
     )
 
 

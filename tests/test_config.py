@@ -178,6 +178,12 @@ def test_midtrain_defaults_follow_the_paper_recipe():
         ([("loss.k", "0")], "loss.k"),
         ([("loss.k", "-3")], "loss.k"),
         ([("loss.k", "1.5")], "loss.k"),
+        ([("loss.k", "1.0")], "loss.k"),
+        ([("loss.k", "0.0")], "loss.k"),
+        ([("loss.k", "-0.5")], "loss.k"),
+        ([("loss.k", "nan")], "loss.k"),
+        ([("loss.k", "inf")], "loss.k"),
+        ([("loss.k", "many")], "loss.k"),
         ([("loss.beta", "nan")], "loss.beta"),
         ([("loss.beta", "inf")], "loss.beta"),
         ([("loss.beta", "-inf")], "loss.beta"),
@@ -195,6 +201,7 @@ def test_midtrain_defaults_follow_the_paper_recipe():
         ([("train.autocast", "fp8")], "train.autocast"),
         ([("data.seq_len", "0")], "data.seq_len"),
         ([("data.vocab_size", "100")], "data.vocab_size"),
+        ([("data.vocab_size", "257")], "data.vocab_size must be >= 258"),  # bytes, EOS and PAD
         ([("model.rope_theta", "-1")], "model.rope_theta"),
         ([("model.dtype", "int8")], "model.dtype"),
         ([("model.preset", "huge")], "huge"),
@@ -212,6 +219,24 @@ def test_bad_override_names_the_field(overrides, names):
         recipes.resolve("pretrain", "tiny", overrides=overrides)
     assert names in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "k", "head"),
+    [("100", 100, 100), ("1", 1, 1), ("5000", 5000, 2048), ("0.05", 0.05, 102), ("0.999", 0.999, 2046)],
+)
+def test_loss_k_is_a_count_or_a_fraction_of_the_vocabulary(tmp_path, text, k, head):
+    """An int is a count (capped at V), a float in (0, 1) a fraction: round(k V), at least 1 (docs/method.md §1).
+    The kind survives config.json and the file formats, so a run resumes with the same head."""
+    cfg = recipes.resolve("pretrain", "tiny", overrides=[("loss.k", text)])
+    assert cfg.loss.k == k and type(cfg.loss.k) is type(k)
+    assert cfg.loss.weighting(0.0).head_size(2048) == head
+    again = config.from_dict(json.loads(config.dumps(cfg)))
+    assert again == cfg and type(again.loss.k) is type(k)
+    path = tmp_path / "k.toml"
+    path.write_text(f"[loss]\nk = {text}\n")
+    assert recipes.resolve("pretrain", "tiny", file=path).loss.k == k
+    assert recipes.resolve("pretrain", "tiny", overrides=cfg.loss.to_overrides()).loss == cfg.loss
 
 
 def test_unknown_preset_lists_the_known_ones():
@@ -239,6 +264,11 @@ def test_batch_must_split_into_micro_batches():
         ("section.toml", "[nope]\nx = 1\n", "nope.x"),
         ("value.yaml", "loss:\n  beta: .nan\n", "loss.beta"),
         ("value.toml", "[loss]\nk = 0\n", "loss.k"),
+        ("float.toml", "[loss]\nk = 1.0\n", "loss.k.*ambiguous"),
+        ("float.yaml", "loss:\n  k: 100.0\n", "loss.k"),
+        ("nan.yaml", "loss:\n  k: .nan\n", "loss.k"),
+        ("text.yaml", "loss:\n  k: [1]\n", "loss.k"),
+        ("bool.toml", "[loss]\nk = true\n", "loss.k"),
         ("type.toml", '[train]\nlr = "abc"\n', "train.lr"),
         ("nested.yaml", "train:\n  lr: {a: 1}\n", "train.lr"),
         ("bool.yaml", "train:\n  max_steps: true\n", "train.max_steps"),

@@ -288,14 +288,49 @@ def test_stats_match_direct_computation(k):
     assert means["entropy"] == pytest.approx(expected["entropy_sum"] / n, rel=1e-9)
     assert means["accuracy"] == pytest.approx(expected["correct_sum"] / n, rel=1e-12)
     assert means["head_mass"] == pytest.approx(expected["head_mass_sum"] / n, rel=1e-9)
-    if k >= V:
+    assert means["tail_mass"] == pytest.approx(1.0 - expected["head_mass_sum"] / n, rel=1e-9, abs=1e-12)
+    assert means["head_entropy"] == pytest.approx(expected["head_entropy_sum"] / n, rel=1e-9, abs=1e-12)
+    if k >= V:  # the head is the whole vocabulary
         assert means["head_mass"] == pytest.approx(1.0, rel=1e-12)
+        assert means["tail_mass"] == pytest.approx(0.0, abs=1e-12)
+        assert means["head_entropy"] == pytest.approx(means["entropy"], rel=1e-12)
+    if k == 1:  # one token renormalised is certain
+        assert means["head_entropy"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_stats_take_k_from_weighting():
     logits, targets = random_problem((7,), V, seed=25)
     _, stats = shaped_cross_entropy(logits, targets, weighting=TokenWeighting(k=2), return_stats=True)
     assert float(stats.head_mass_sum) == pytest.approx(ref_stats(logits, targets, k=2)["head_mass_sum"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k", [1, 5, 257])
+def test_stats_in_low_precision(dtype, k):
+    """fp32 and bf16 inputs are computed in fp32: stats within fp32 rounding of the fp64 reference on the same
+    (rounded) logits, and bf16 gives exactly what its fp32 upcast gives."""
+    logits, targets = random_problem((4, 16), 257, dtype=dtype, scale=4.0, ignore_frac=0.2, seed=27)
+    _, stats = shaped_cross_entropy(logits, targets, beta=-0.25, lam_tail=-0.1, k=k, return_stats=True)
+    expected = ref_stats(logits, targets, k=k)
+    for name, value in expected.items():
+        assert float(getattr(stats, name)) == pytest.approx(value, rel=1e-5, abs=1e-4), name
+    _, stats32 = shaped_cross_entropy(
+        logits.float(), targets, beta=-0.25, lam_tail=-0.1, k=k, return_stats=True
+    )
+    assert stats.means() == pytest.approx(stats32.means(), rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.parametrize(("frac", "count"), [(0.3, 4), (0.5, 6), (0.01, 1), (0.99, 13)])
+def test_k_as_a_fraction_of_the_vocabulary(frac, count):
+    """A float k in (0, 1) is round(k V) tokens (at least 1), for the loss and for the stats alike."""
+    assert schemes.head_size(frac, V) == max(1, round(frac * V)) == count
+    logits, targets = random_problem((3, 5), V, ignore_frac=0.2, seed=28)
+    knobs = dict(beta=0.5, lam_head=0.2, lam_tail=-0.1)
+    loss, stats = shaped_cross_entropy(logits, targets, **knobs, k=frac, return_stats=True)
+    close64(loss, ref_loss(logits, targets, **knobs, k=count))
+    expected = ref_stats(logits, targets, k=count)
+    for name, value in expected.items():
+        assert float(getattr(stats, name)) == pytest.approx(value, rel=1e-9, abs=1e-12), name
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -465,7 +500,7 @@ def test_target_out_of_range_raises(bad):
     check_one_line(excinfo)
 
 
-@pytest.mark.parametrize("k", [0, -3, 2.5])
+@pytest.mark.parametrize("k", [0, -3, 2.5, 1.0, 0.0, -0.5, 100.0, math.nan, math.inf, "3", True, None])
 def test_bad_k_raises(k):
     logits, targets = torch.randn(4, 7), torch.tensor([0, 1, 2, 3])
     with raises(r"\bk\b") as excinfo:

@@ -93,16 +93,20 @@ def ref_grad_formula(logits: torch.Tensor, targets: torch.Tensor, *, ignore_inde
 
 
 def ref_stats(logits: torch.Tensor, targets: torch.Tensor, *, k: int = 100, ignore_index: int = -100):
-    """Sums over non-ignored tokens: -log p_x, entropy, argmax hits, top-k mass, and the token count."""
+    """Sums over non-ignored tokens: -log p_x, entropy, argmax hits, top-k mass, entropy of the top-k
+    renormalised (``q = p_K / sum p_K``, ``-sum q log q``), and the token count. ``k`` is a count here."""
     z, t, valid = _flatten(logits.detach().double(), targets, ignore_index)
     z, t = z[valid], t[valid]
     logp = torch.log_softmax(z, dim=-1)
     p = logp.exp()
+    head = p.topk(min(k, z.shape[-1]), dim=-1).values
+    q = head / head.sum(-1, keepdim=True)
     return {
         "ce_sum": -logp.gather(-1, t[:, None]).sum().item(),
         "entropy_sum": torch.special.entr(p).sum().item(),
         "correct_sum": (z.argmax(-1) == t).sum().item(),
-        "head_mass_sum": p.topk(min(k, z.shape[-1]), dim=-1).values.sum().item(),
+        "head_mass_sum": head.sum().item(),
+        "head_entropy_sum": torch.special.entr(q).sum().item(),
         "count": int(valid.sum()),
     }
 
@@ -213,3 +217,16 @@ def test_reference_limit_at_saturated_target_is_finite():
         (g,) = torch.autograd.grad(loss, z)
         assert torch.isfinite(loss) and torch.isfinite(g).all()
         assert loss.item() == 0.0
+
+
+def test_reference_stats_hand_computed():
+    """p = (0.5, 0.3, 0.2) and k = 2: head mass 0.8, the head renormalised is (5/8, 3/8)."""
+    logits = torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64).log()
+    targets = torch.tensor([1])
+    got = ref_stats(logits, targets, k=2)
+    h2 = -(5 / 8 * math.log(5 / 8) + 3 / 8 * math.log(3 / 8))
+    assert got["head_mass_sum"] == pytest.approx(0.8, rel=1e-12)
+    assert got["head_entropy_sum"] == pytest.approx(h2, rel=1e-12)
+    full = -(0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 0.2 * math.log(0.2))
+    assert ref_stats(logits, targets, k=3)["head_entropy_sum"] == pytest.approx(full, rel=1e-12)
+    assert ref_stats(logits, targets, k=1)["head_entropy_sum"] == 0.0

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import torch
-from test_losses_reference import ref_loss
+from test_losses_reference import ref_loss, ref_stats
 
 from rlready.losses import fused_linear_shaped_cross_entropy, select, shaped_cross_entropy
 from rlready.losses.head import Head
@@ -131,6 +131,35 @@ def test_shaped_loss_on_each_path_matches_the_reference(path, lam_head, lam_tail
     torch.testing.assert_close(fused, expected.detach(), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(h.grad, z.grad @ weight, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(w.grad, z.grad.T @ hidden, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 100, 0.05, 2048])
+def test_stats_on_each_path_match_the_reference(path, dtype, k):
+    """Head mass, tail mass and the entropy of the renormalised head at the tiny preset's shape (V = 2048), from
+    the logits op and the fused op, against softmax -> topk -> renormalise in fp64 (``ref_stats``), with
+    ignored tokens. fp32 is held to fp32 rounding of sums of ~100 tokens."""
+    gen = torch.Generator().manual_seed(11)
+    N, H, V = 96, 16, 2048
+    hidden = torch.randn(N, H, generator=gen, dtype=torch.float64).to(dtype)
+    weight = torch.randn(V, H, generator=gen, dtype=torch.float64).to(dtype)
+    targets = torch.randint(0, V, (N,), generator=gen)
+    targets[::5] = -100
+    count = 102 if k == 0.05 else k  # round(0.05 * 2048) = round(102.4)
+    expected = ref_stats(hidden @ weight.T, targets, k=count)
+    tol = dict(rel=1e-9, abs=1e-9) if dtype == torch.float64 else dict(rel=2e-5, abs=1e-4)
+    knobs = dict(beta=-0.25, lam_tail=-0.1, k=k)
+    _, stats = shaped_cross_entropy(hidden @ weight.T, targets, **knobs, return_stats=True)
+    _, fused = fused_linear_shaped_cross_entropy(
+        hidden, weight, targets, **knobs, chunk_size=32, return_stats=True
+    )
+    for got in (stats, fused):
+        for name, value in expected.items():
+            assert float(getattr(got, name)) == pytest.approx(value, **tol), name
+        means = got.means()
+        n = expected["count"]
+        assert means["tail_mass"] == pytest.approx(1 - expected["head_mass_sum"] / n, **tol)
+        assert means["head_entropy"] == pytest.approx(expected["head_entropy_sum"] / n, **tol)
 
 
 @pytest.mark.parametrize("need_stats", [False, True])

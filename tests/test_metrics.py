@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rlready.metrics import avg_at_k, cons_at_k, majority_index, paired_gain, pass_at_k, summarize
+from rlready.metrics import (
+    avg_at_k,
+    cons_at_k,
+    curve_ks,
+    majority_index,
+    paired_gain,
+    pass_at_k,
+    summarize,
+)
 
 
 def comb_reference(n: int, c: int, k: int) -> float:
@@ -129,6 +137,29 @@ def test_summarize_pass_curve_is_monotone_and_matches_reference() -> None:
 def test_summarize_bad_input(problems: list, ks: list[int], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         summarize(problems, ks)
+
+
+@pytest.mark.parametrize(
+    ("n", "extra", "want"),
+    [
+        (1, (1,), [1]),
+        (8, (4,), [1, 2, 4, 8]),
+        (32, (32,), [1, 2, 4, 8, 16, 32]),
+        (48, (5,), [1, 2, 4, 5, 8, 16, 32, 48]),
+        (128, (64,), [1, 2, 4, 8, 16, 32, 64, 128]),
+        (6, (), [1, 2, 4, 6]),
+    ],
+)
+def test_curve_ks_are_powers_of_two_plus_pass_k_and_n(
+    n: int, extra: tuple[int, ...], want: list[int]
+) -> None:
+    assert curve_ks(n, *extra) == want
+
+
+@pytest.mark.parametrize("n", [0, -4, 2.0, True])
+def test_curve_ks_bad_input(n: object) -> None:
+    with pytest.raises(ValueError, match="curve_ks"):
+        curve_ks(n)  # type: ignore[arg-type]
 
 
 def test_paired_gain_matches_hand_computation() -> None:

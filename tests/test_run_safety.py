@@ -175,7 +175,8 @@ def test_sigterm_during_rl_start_up_or_its_first_evaluation_exits_3_with_the_mes
     )
     out = tmp_path / "rl"
     cmd = [rlready, "rl", "--init", str(pre / "final"), "--out", str(out), "--eval.reasoning_problems", "64"]
-    cmd += ["--eval.samples", "8", "--eval.max_new_tokens", "24", "--log.progress", "lines"]
+    cmd += ["--eval.samples", "8", "--eval.pass_k", "4", "--eval.max_new_tokens", "24"]
+    cmd += ["--log.progress", "lines"]
     rl = subprocess.Popen(cmd, env=proc_env(env), stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: (out / "config.json").is_file(), 300, "the RL stage to claim --out")

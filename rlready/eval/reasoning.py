@@ -5,9 +5,10 @@ prompt) and a *scorer* (``score(completions, answers) -> (rewards, failures)``: 
 :class:`rlready.rl.scoring.RewardScorer`, or :class:`InProcessScorer`) and gives, for ``eval.samples`` = n
 samples per problem at ``eval.temperature`` / ``eval.top_p``:
 
-- ``avg@j``, ``cons@j``, ``pass@j`` for j in {1, ``eval.pass_k``, n} (:func:`rlready.metrics.summarize`:
-  Cons@j votes on the answers :func:`rlready.rl.answers.answer_key` extracts, Pass@j is the unbiased
-  estimator), and the configured ones under generic names: ``avg@k`` = Avg@n, ``cons@k`` = Cons@n,
+- ``avg@j``, ``cons@j``, ``pass@j`` for every power of two j <= n, ``eval.pass_k`` and n
+  (:func:`rlready.metrics.curve_ks`; :func:`rlready.metrics.summarize`: Cons@j votes on the answers
+  :func:`rlready.rl.answers.answer_key` extracts, Pass@j is the unbiased estimator), the Pass@k curve a report
+  draws; and the configured ones under generic names: ``avg@k`` = Avg@n, ``cons@k`` = Cons@n,
   ``pass@k`` = Pass@``pass_k``;
 - ``avg@k_per_problem`` (each problem's Avg@n, in problem order), for gains paired by problem
   (:func:`rlready.metrics.paired_gain`);
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from rlready.metrics import summarize
+from rlready.metrics import curve_ks, summarize
 from rlready.rl.answers import answer_key
 from rlready.rl.rollout import CachedSampler, HFRollout, RolloutBackend
 
@@ -113,7 +114,7 @@ def evaluate_reasoning(
     for i, group in enumerate(outs):
         keys = [answer_key(c.text, reward) for c in group]
         per_problem.append((keys, [r >= 1.0 for r in rewards[i * n : (i + 1) * n]]))
-    result: dict[str, Any] = summarize(per_problem, sorted({1, k, n}))
+    result: dict[str, Any] = summarize(per_problem, curve_ks(n, k))
     # Generic keys hold the configured metrics (Avg@n, Cons@n, Pass@k), so a study reads them by name.
     result.update({"avg@k": result[f"avg@{n}"], "cons@k": result[f"cons@{n}"], "pass@k": result[f"pass@{k}"]})
     result.update(n=n, k=k, problems=len(problems), reward_failures=failures)

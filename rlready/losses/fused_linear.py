@@ -23,7 +23,7 @@ import torch
 from .rows import logit_grad, shaped_rows
 from .schemes import TokenWeighting
 from .shaped_ce import reduce_rows
-from .stats import LossStats
+from .stats import NUM_STATS, LossStats
 from .validate import check_reduction, check_targets, compute_dtype, resolve_weighting
 
 MIN_CHUNK_ELEMENTS = 1 << 20
@@ -39,7 +39,7 @@ def _chunked(h2, weight, bias, t, w, ignore_index, chunk, *, scale, need_stats, 
     N = h2.shape[0]
     cdt = compute_dtype(h2.dtype)
     loss_rows = torch.empty(N, dtype=cdt, device=h2.device)
-    stats = torch.zeros(5, dtype=cdt, device=h2.device)
+    stats = torch.zeros(NUM_STATS, dtype=cdt, device=h2.device)
     want_h, want_w, want_b = want if scale is not None else (False, False, False)
     grad_h = torch.empty_like(h2) if want_h else None
     grad_w = torch.zeros(weight.shape, dtype=cdt, device=weight.device) if want_w else None
@@ -146,7 +146,7 @@ def fused_linear_shaped_cross_entropy(
     beta: float = 0.0,
     lam_head: float = 0.0,
     lam_tail: float = 0.0,
-    k: int = 100,
+    k: int | float = 100,
     ignore_index: int = -100,
     reduction: str = "mean",
     weighting: TokenWeighting | None = None,

@@ -32,7 +32,7 @@ class ShapedCrossEntropy(nn.Module):
         beta: float | str | Schedule = 0.0,
         lam_head: float | str | Schedule = 0.0,
         lam_tail: float | str | Schedule = 0.0,
-        k: int = 100,
+        k: int | float = 100,
         ignore_index: int = -100,
         reduction: str = "mean",
     ) -> None:

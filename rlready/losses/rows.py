@@ -43,10 +43,10 @@ class Rows(NamedTuple):
     target_fix: torch.Tensor  # [n] added at the target:  p_x * lam_x - (1 - eps) f(p_x)
     head_idx: torch.Tensor | None  # [n, k] indices of the top-k
     head_fix: torch.Tensor | None  # [n, k] added at the head: p_j * (lam_tail - lam_head)
-    stats: torch.Tensor | None  # [5, n]: ce, entropy, correct, head mass, valid
+    stats: torch.Tensor | None  # [NUM_STATS, n]: ce, entropy, correct, head mass, head entropy, valid
 
 
-def _log_target_weight(logp_x: torch.Tensor, w: TokenWeighting) -> torch.Tensor:
+def log_target_weight(logp_x: torch.Tensor, w: TokenWeighting) -> torch.Tensor:
     """``log f(p_x)`` with ``f = p_x ** (alpha + 1 - (1 - p_x) ** beta) * (1 - p_x) ** gamma``.
 
     ``1 - (1 - p)**beta`` is computed as ``-expm1(beta * log1m)`` with ``log1m = log(-expm1(log p))``: exact
@@ -91,7 +91,7 @@ def shaped_rows(
 
     p = torch.softmax(z, dim=-1)
     need_topk = w.uses_topk or need_stats
-    head = head_terms(z, p, t, min(w.k, V)) if need_topk else None
+    head = head_terms(z, p, t, w.head_size(V)) if need_topk else None
     if head is not None:  # the row maximum comes with the head: no separate pass over [n, V]
         z_max, p_max = head.z_max, head.p_max
     else:
@@ -103,7 +103,7 @@ def shaped_rows(
     p_x = logp_x.exp()
 
     # Target weight w_x = (1 - eps) f(p_x) (+ eps / V, handled with the uniform part below).
-    f_x = _log_target_weight(logp_x, w).exp() * (1.0 - eps)
+    f_x = log_target_weight(logp_x, w).exp() * (1.0 - eps)
     # S = sum_a w_a, start from the target and the uniform label-smoothing mass.
     S = f_x + eps
     loss = -f_x * logp_x
@@ -120,9 +120,10 @@ def shaped_rows(
             pz_all = z.mul_(p).sum(-1) if scratch_z else torch.linalg.vecdot(p, z)
         plogp_all = pz_all - lse
     target_plogp = p_x * logp_x
+    # sum over the head of p_a log p_a = sum_K p_a z_a - M lse (docs/method.md §4.2), from the head's sums
+    plogp_head = head.pz - lse * head.mass if head is not None else None
 
     if w.uses_topk:
-        plogp_head = head.pz - lse * head.mass  # sum over the head of p_a log p_a
         x_head = head.in_head.to(z.dtype)
         neg_head_mass = head.mass - p_x * x_head
         neg_tail_mass = (1.0 - head.mass).clamp(min=0.0) - p_x * (1.0 - x_head)
@@ -148,7 +149,11 @@ def shaped_rows(
         vf = valid.to(z.dtype)
         entropy = (-plogp_all).clamp(min=0.0)
         correct = (z_x >= z_max).to(z.dtype)
-        stats = torch.stack([-logp_x, entropy, correct, head.mass, torch.ones_like(p_x)]) * vf
+        # Entropy of the head renormalised, -sum_K (p_a/M) log(p_a/M) = log M - (sum_K p_a log p_a) / M
+        # (docs/method.md §7); M >= max p >= 1/V, so the division is safe. Clamped like the entropy: at k = 1
+        # it is 0 up to rounding.
+        head_entropy = (torch.log(head.mass) - plogp_head / head.mass).clamp(min=0.0)
+        stats = torch.stack([-logp_x, entropy, correct, head.mass, head_entropy, torch.ones_like(p_x)]) * vf
 
     zero = torch.zeros((), dtype=z.dtype, device=z.device)
     return Rows(

@@ -114,7 +114,7 @@ def parse_schedule(spec: str | float | int | Schedule) -> Schedule:
 
 
 def weighting_at(
-    progress: float, beta: Schedule, lam_head: Schedule, lam_tail: Schedule, k: int
+    progress: float, beta: Schedule, lam_head: Schedule, lam_tail: Schedule, k: int | float
 ) -> TokenWeighting:
     """The paper's weighting (docs/method.md §3) with each knob's schedule evaluated at ``progress``."""
     return TokenWeighting(beta=beta(progress), lam_head=lam_head(progress), lam_tail=lam_tail(progress), k=k)

@@ -39,7 +39,7 @@ class TokenWeighting:
     alpha: float = 0.0
     lam_head: float = 0.0
     lam_tail: float = 0.0
-    k: int = 100
+    k: int | float = 100  # head size: an int >= 1 is a count, a float in (0, 1) a fraction of V (head_size)
     label_smoothing: float = 0.0
     # Derived flags, fixed at construction so that the hot path branches on Python constants only
     # (torch.compile guards on them instead of tracing data-dependent control flow).
@@ -53,8 +53,9 @@ class TokenWeighting:
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {value!r}")
             object.__setattr__(self, name, float(value))
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {self.k!r}")
+        error = check_k(self.k)
+        if error:
+            raise ValueError(error)
         if self.gamma < 0:
             raise ValueError(f"gamma must be >= 0 (focal exponent), got {self.gamma!r}")
         if not 0.0 <= self.label_smoothing <= 1.0:
@@ -65,13 +66,46 @@ class TokenWeighting:
     def is_cross_entropy(self) -> bool:
         return self == TokenWeighting()
 
+    def head_size(self, V: int) -> int:
+        """The number of head tokens over a vocabulary of ``V`` (see ``head_size``)."""
+        return head_size(self.k, V)
+
+
+def check_k(k: object, name: str = "k") -> str | None:
+    """Why ``k`` is not a head size, or None when it is (docs/method.md §1); ``name`` starts the message.
+
+    An ``int >= 1`` is a count and a ``float`` in ``(0, 1)`` a fraction of the vocabulary. Every other float is
+    refused: ``1.0`` reads as one token and as the whole vocabulary alike, and a float count such as ``100.0``
+    or ``2.5`` is more likely a slip than a choice.
+    """
+    message = (
+        f"{name} must be an integer count >= 1 or a float fraction of the vocabulary in (0, 1), got {k!r}"
+    )
+    if isinstance(k, bool) or not isinstance(k, (int, float)):
+        return message
+    if isinstance(k, int):
+        return None if k >= 1 else message
+    if k == 1.0:
+        return message + " (1.0 is ambiguous: write 1 for one token, or an integer >= V for all of them)"
+    return None if 0.0 < k < 1.0 else message  # NaN fails the comparison too
+
+
+def head_size(k: int | float, V: int) -> int:
+    """The head's size for ``k`` over ``V`` tokens (docs/method.md §1): a count is capped at ``V``; a fraction
+    gives ``max(1, round(k * V))`` (Python's ``round``: halves to even), which is at most ``V``."""
+    if isinstance(k, float):
+        return max(1, min(V, round(k * V)))
+    return min(k, V)
+
 
 def cross_entropy() -> TokenWeighting:
     """Plain cross-entropy: ``r_CE = sg(1[a = x] / p_x)`` (docs/method.md §2)."""
     return TokenWeighting()
 
 
-def shaped(beta: float = 0.0, lam_head: float = 0.0, lam_tail: float = 0.0, k: int = 100) -> TokenWeighting:
+def shaped(
+    beta: float = 0.0, lam_head: float = 0.0, lam_tail: float = 0.0, k: int | float = 100
+) -> TokenWeighting:
     """The paper's reward (docs/method.md §3): ``beta`` global, ``lam_head``/``lam_tail`` local entropy."""
     return TokenWeighting(beta=beta, lam_head=lam_head, lam_tail=lam_tail, k=k)
 

@@ -15,7 +15,7 @@ import torch
 
 from .rows import Rows, logit_grad, shaped_rows
 from .schemes import TokenWeighting
-from .stats import LossStats
+from .stats import NUM_STATS, LossStats
 from .validate import check_reduction, check_targets, compute_dtype, resolve_weighting
 
 
@@ -47,7 +47,7 @@ class _ShapedCrossEntropy(torch.autograd.Function):
             loss = loss.reshape(targets.shape)
         ctx.rows = rows._replace(loss=None, stats=None)
         ctx.scale, ctx.w, ctx.reduction, ctx.shape, ctx.in_dtype = scale, w, reduction, z.shape, in_dtype
-        stats = rows.stats.sum(1) if need_stats else z2.new_zeros(5)
+        stats = rows.stats.sum(1) if need_stats else z2.new_zeros(NUM_STATS)
         ctx.mark_non_differentiable(stats)
         return loss, stats
 
@@ -67,7 +67,7 @@ def shaped_cross_entropy(
     beta: float = 0.0,
     lam_head: float = 0.0,
     lam_tail: float = 0.0,
-    k: int = 100,
+    k: int | float = 100,
     ignore_index: int = -100,
     reduction: str = "mean",
     weighting: TokenWeighting | None = None,
@@ -76,10 +76,12 @@ def shaped_cross_entropy(
     """Reward-shaped cross-entropy on ``logits [..., V]`` and ``targets [...]`` (docs/method.md §4).
 
     ``beta`` scales the ground-truth reward ``r_pos = (1/p_x) ** ((1 - p_x) ** beta)``; negatives get
-    ``lam_head`` inside the top-``k`` of ``p`` (over all tokens) and ``lam_tail`` outside it. ``weighting``
+    ``lam_head`` inside the top-``k`` of ``p`` (over all tokens) and ``lam_tail`` outside it; ``k`` is a count
+    (capped at ``V``) or, as a float in ``(0, 1)``, a fraction of ``V`` (docs/method.md §1). ``weighting``
     (a ``TokenWeighting``) replaces the four knobs, e.g. for label smoothing, focal or DFT weighting.
     Inputs in fp32/bf16/fp16 are computed in fp32, fp64 in fp64; the loss is returned in the compute dtype.
-    With ``return_stats`` the result is ``(loss, LossStats)`` from the same pass.
+    With ``return_stats`` the result is ``(loss, LossStats)`` from the same pass (head statistics over the
+    same top-``k``).
     """
     w = resolve_weighting(weighting, beta, lam_head, lam_tail, k)
     check_reduction(reduction)
