@@ -50,10 +50,26 @@ class StudyConfig:
 
     name: str
     loss: LossConfig = field(default_factory=LossConfig)
+    until: str = "rl"  # the last stage this configuration runs: "pretrain" for a pre-training-only arm
+
+    def __post_init__(self) -> None:
+        if self.until not in STAGE_ORDER:
+            raise ConfigError(
+                f"configuration {self.name!r}: until must be one of {STAGE_ORDER}, got {self.until!r}"
+            )
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return STAGE_ORDER[: STAGE_ORDER.index(self.until) + 1]
 
     def to_dict(self) -> dict[str, Any]:
-        """``{name, beta, lam_head, lam_tail, k}``, as study.json and summary.json record it."""
-        return {"name": self.name, **self.loss.knobs()}
+        """``{name, beta, lam_head, lam_tail, k}`` (and ``until`` when it is not ``"rl"``), as study.json and
+        summary.json record it."""
+        return {
+            "name": self.name,
+            **self.loss.knobs(),
+            **({"until": self.until} if self.until != "rl" else {}),
+        }
 
 
 # The report's claims (rlready/report/claims.py) are generated from the configurations' knobs, not names.
@@ -61,10 +77,16 @@ DEFAULT_CONFIGS = (
     StudyConfig("CE"),
     StudyConfig("beta=-0.25", LossConfig(beta="-0.25")),
     StudyConfig("beta=0.5", LossConfig(beta="0.5")),
-    StudyConfig("lam_tail=-0.1", LossConfig(lam_tail="-0.1", k=100)),
-    StudyConfig("lam_head=0.1", LossConfig(lam_head="0.1", k=100)),
+    # k = 10 of V = 2048: the head of the tiny cross-entropy model holds about 0.9 of the mass there
+    # (BENCHMARKS.md, "Preset sizing notes"), so the tail the lam knobs act on is not empty (docs/method.md §10).
+    StudyConfig("lam_tail=-0.1", LossConfig(lam_tail="-0.1", k=10)),
+    StudyConfig("lam_head=0.1", LossConfig(lam_head="0.1", k=10)),
+    # The dose-response of beta (docs/method.md §10): pre-training only, where entropy is measured.
+    StudyConfig("beta=-1", LossConfig(beta="-1"), until="pretrain"),
+    StudyConfig("beta=-0.5", LossConfig(beta="-0.5"), until="pretrain"),
+    StudyConfig("beta=1", LossConfig(beta="1"), until="pretrain"),
 )
-_FIELDS = ("name", *LOSS_KNOBS)
+_FIELDS = ("name", *LOSS_KNOBS, "until")
 
 
 def load_configs(path: str | Path) -> list[StudyConfig]:
@@ -117,7 +139,7 @@ def _load_study_file(path: str | Path) -> tuple[list[StudyConfig], list[Any]]:
             loss = LossConfig(**knobs, k=parse_k("k", item.get("k", 100)))
         except ConfigError as err:
             raise ConfigError(f"configuration {name!r}: {err}") from None
-        out.append(StudyConfig(name, loss))
+        out.append(StudyConfig(name, loss, str(item.get("until", "rl"))))
     names = [c.name for c in out]
     if len(set(names)) != len(names):
         raise ConfigError(f"configuration names must be unique, got {names}")
@@ -287,23 +309,23 @@ def schedule(jobs: list[Job], parallel: int, run) -> None:
     cond = threading.Condition()
 
     def pick() -> int | None:
-        ready = [i for i in range(len(jobs)) if not busy[i] and nxt[i] < len(STAGE_ORDER)]
+        ready = [i for i in range(len(jobs)) if not busy[i] and nxt[i] < len(jobs[i].config.stages)]
         return min(ready, key=lambda i: (nxt[i], i)) if ready else None
 
     def worker() -> None:
         while True:
             with cond:
                 while True:
-                    if errors or all(n == len(STAGE_ORDER) for n in nxt):
+                    if errors or all(n == len(j.config.stages) for n, j in zip(nxt, jobs, strict=True)):
                         return
                     i = pick()
                     if i is not None:
                         busy[i] = True
-                        runnable = sum(1 for k in range(len(jobs)) if nxt[k] < len(STAGE_ORDER))
+                        runnable = sum(1 for k in range(len(jobs)) if nxt[k] < len(jobs[k].config.stages))
                         break
                     cond.wait()
             try:
-                run(jobs[i], STAGE_ORDER[nxt[i]], runnable)
+                run(jobs[i], jobs[i].config.stages[nxt[i]], runnable)
             except BaseException as err:  # reported after the other workers stop
                 with cond:
                     errors.append(err)
@@ -439,7 +461,7 @@ def _run_jobs(
     cores = usable_cores()
     # A launcher's processes take the machine's devices: one stage at a time unless --jobs says otherwise.
     parallel = max(1, min(len(runs), jobs or (1 if launch else cores)))
-    progress = Progress(total=len(runs) * len(STAGE_ORDER), done=0, parallel=parallel)
+    progress = Progress(total=sum(len(j.config.stages) for j in runs), done=0, parallel=parallel)
     progress.line(
         f"study of {len(configs)} configurations x {seeds} seeds on preset {preset!r}: {parallel} in parallel on {cores} cores"
     )

@@ -15,15 +15,42 @@ from rlready.report.summary import collect, read_metrics
 from rlready.study import DEFAULT_CONFIGS, Job, StudyConfig, load_configs, stage_overrides
 
 
-def test_default_configurations_are_the_papers_five() -> None:
+def test_default_configurations_are_the_papers_five_and_a_beta_dose_response() -> None:
     # As study.json records them: a resumed study compares these with its saved settings.
     assert [c.to_dict() for c in DEFAULT_CONFIGS] == [
         {"name": "CE", "beta": "0.0", "lam_head": "0.0", "lam_tail": "0.0", "k": 100},
         {"name": "beta=-0.25", "beta": "-0.25", "lam_head": "0.0", "lam_tail": "0.0", "k": 100},
         {"name": "beta=0.5", "beta": "0.5", "lam_head": "0.0", "lam_tail": "0.0", "k": 100},
-        {"name": "lam_tail=-0.1", "beta": "0.0", "lam_head": "0.0", "lam_tail": "-0.1", "k": 100},
-        {"name": "lam_head=0.1", "beta": "0.0", "lam_head": "0.1", "lam_tail": "0.0", "k": 100},
+        {"name": "lam_tail=-0.1", "beta": "0.0", "lam_head": "0.0", "lam_tail": "-0.1", "k": 10},
+        {"name": "lam_head=0.1", "beta": "0.0", "lam_head": "0.1", "lam_tail": "0.0", "k": 10},
+        {
+            "name": "beta=-1",
+            "beta": "-1",
+            "lam_head": "0.0",
+            "lam_tail": "0.0",
+            "k": 100,
+            "until": "pretrain",
+        },
+        {
+            "name": "beta=-0.5",
+            "beta": "-0.5",
+            "lam_head": "0.0",
+            "lam_tail": "0.0",
+            "k": 100,
+            "until": "pretrain",
+        },
+        {"name": "beta=1", "beta": "1", "lam_head": "0.0", "lam_tail": "0.0", "k": 100, "until": "pretrain"},
     ]
+    assert [c.stages for c in DEFAULT_CONFIGS][-1] == ("pretrain",)
+
+
+def test_a_configuration_may_stop_after_pretraining(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("- {name: a, beta: -1, until: pretrain}\n- {name: b}\n")
+    assert [c.stages for c in load_configs(f)] == [("pretrain",), ("pretrain", "midtrain", "rl")]
+    f.write_text("- {name: a, until: sft}\n")
+    with pytest.raises(ConfigError, match="until must be one of"):
+        load_configs(f)
 
 
 def test_load_configs_yaml_and_toml(tmp_path: Path) -> None:
@@ -128,6 +155,7 @@ def _fake_study(root: Path, seeds: int = 2) -> list[Job]:
     """Run directories as the stages write them, with entropies ordered as the paper reports."""
     jobs = []
     entropy = {"CE": 2.4, "beta=-0.25": 2.2, "beta=0.5": 2.6, "lam_tail=-0.1": 2.3, "lam_head=0.1": 2.5}
+    entropy |= {"beta=-1": 1.8, "beta=-0.5": 2.0, "beta=1": 2.8}
     for c in DEFAULT_CONFIGS:
         for s in range(seeds):
             job = Job(c, s, root / "runs" / f"{c.name}-s{s}")
@@ -149,6 +177,8 @@ def _fake_study(root: Path, seeds: int = 2) -> list[Job]:
                     },
                 ),
             ):
+                if stage not in c.stages:
+                    continue
                 d = job.root / stage
                 d.mkdir(parents=True)
                 (d / "eval.json").write_text(json.dumps(ev))
@@ -173,7 +203,7 @@ def test_collect_claims_and_report(tmp_path: Path) -> None:
     jobs = _fake_study(tmp_path)
     (tmp_path / "study.json").write_text(json.dumps({"preset": "tiny"}))
     summary = collect(tmp_path, jobs)
-    assert len(summary["runs"]) == 10
+    assert len(summary["runs"]) == 16
     run = summary["runs"][0]
     assert {"name", "beta", "lam_head", "lam_tail", "k", "seed", "pretrain", "midtrain", "rl"} <= set(run)
     assert run["rl"]["initial"]["avg@k"] == 0.1
@@ -206,7 +236,10 @@ def test_the_study_writes_its_claims_into_summary_json(
     own = Claim("lam_head=0.1 keeps Avg@k", "rl", "avg@k", "lam_head=0.1", "CE", "at_least", 0.05)
     study._run_jobs(tmp_path, list(DEFAULT_CONFIGS), 2, "tiny", [], 1, None, False, [own])
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert all(run["rl_dynamics"]["entropy_drop"] is not None for run in summary["runs"])
+    assert all(
+        (run["rl_dynamics"]["entropy_drop"] is not None) == (run.get("until", "rl") == "rl")
+        for run in summary["runs"]
+    )
     entries = {e["text"]: e for e in summary["claims"]}
     assert entries["lam_head=0.1 keeps Avg@k"]["origin"] == "file"
     assert entries["lam_head=0.1 keeps Avg@k"]["verdict"] == "reproduced"  # equal on both seeds

@@ -15,16 +15,20 @@ from collections.abc import Sequence
 class Zipf:
     """Draw items with weights ``1 / rank**exponent`` (a Zipf-like law, like word frequencies).
 
-    The rank order is shuffled once with ``rng`` so different seeds rank the words differently.
+    The rank order is shuffled once with ``rng`` so different seeds rank the words differently; with
+    ``shuffle=False`` it is the order of ``items`` (for callers that rank groups of words themselves).
     ``bisect`` over cumulative weights is used instead of ``rng.choices`` because it skips rebuilding
     the cumulative table on every draw, which dominates generation time for millions of words.
     """
 
-    def __init__(self, items: Sequence[str], rng: random.Random, exponent: float = 1.0) -> None:
+    def __init__(
+        self, items: Sequence[str], rng: random.Random, exponent: float = 1.0, *, shuffle: bool = True
+    ) -> None:
         if not items:
             raise ValueError("Zipf needs at least one item")
         order = list(items)
-        rng.shuffle(order)
+        if shuffle:
+            rng.shuffle(order)
         self.items = order
         self.cum = list(itertools.accumulate(1.0 / (r + 1) ** exponent for r in range(len(order))))
 

@@ -1,14 +1,20 @@
-"""Language documents: sentences from a small probabilistic grammar.
+"""Language documents: sentences from a small probabilistic grammar with the next-word statistics of text.
 
-Each open word class (adjectives, nouns, verbs, adverbs) has dozens of members with Zipf-like weights, so
-after "the" or "quietly" many continuations are plausible and none is certain: the next-token entropy a
-model learns here is a real property of the data, which is what the entropy knob ``beta`` acts on
-(docs/method.md §3).
+Real text is mostly near-deterministic tokens (the rest of a word, fixed phrases) with forks in between, and a
+fork usually has a preferred continuation plus a long tail: after "strong" comes "tea" more often than
+anything else, yet hundreds of other words are possible. That is the shape the knobs act on: ``beta`` moves
+mass between a likely continuation (probability about 0.2-0.8) and its tail, ``lam_tail`` between the top-k
+and the rest (docs/method.md §3, §10). So every open word class here has hundreds of members (the listed
+words plus invented rare ones, as rare words and names are in real text), and each word slot is a
+collocation: the previous word prefers one successor with probability 0.5-0.8, drawn once per world, and
+otherwise the successor comes from the class's Zipf law. Invented words span several tokens, whose
+continuations are near-deterministic.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from rlready.data._sampling import Zipf
 
@@ -40,60 +46,99 @@ ADVERBS = [
     "slowly", "quietly", "suddenly", "happily", "again", "carefully", "often", "softly", "bravely", "early",
     "gladly", "rarely", "swiftly", "calmly", "twice", "barely",
 ]  # fmt: skip
-PREPOSITIONS = ["near", "behind", "under", "beside", "across", "above", "inside", "beyond", "around", "past"]
 CONJUNCTIONS = ["and", "but", "because", "while", "so", "until", "although"]
 
 
-class Grammar:
-    """A seeded probabilistic grammar over a fixed lexicon.
+# Invented rare words: lower-case, from these syllables, never equal to a listed word.
+_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "br", "gl", "pl", "st", "tr"]
+_VOWELS = ["a", "e", "i", "o", "u", "ee", "oo", "ai"]
+_CODAS = ["", "", "n", "r", "l", "m", "sk", "nt", "ck", "rd"]
+_UNWANTED = ("fuck", "shit", "cunt", "dick", "cock", "nig", "fag", "slut", "tit", "piss")
+# Class sizes with the invented words: hundreds each, so a fork's tail is long (§10 of docs/method.md).
+_SIZES = {"adj": 200, "noun": 300, "verb": 200, "adv": 80}
+_PREFERRED = (0.65, 0.85)  # probability of a word's preferred successor, drawn per word and world
+_ZIPF = 0.7  # exponent of the tail over a class
+_SECOND_CLAUSE = 0.1  # "..., and ..." : rare, so the end of a clause is a near-deterministic "."
 
-    S  -> Clause ("," Conj Clause)?            Clause -> NP VP
-    NP -> Det Adj{0,2} Noun (Prep NP)?         VP     -> Vt NP Adv? | Vi Adv? (Prep NP)?
-    Past-tense verbs avoid number agreement, so every sentence the grammar emits is well formed.
+
+class Collocations:
+    """For each word of the previous class: a preferred successor in ``cls`` and its probability; otherwise a
+    draw from ``cls``'s Zipf law (which may also give the preferred word)."""
+
+    def __init__(self, previous: Sequence[str], cls: Zipf, rng: random.Random) -> None:
+        self.cls = cls
+        self.preferred = {w: (cls.draw(rng), rng.uniform(*_PREFERRED)) for w in previous}
+
+    def draw(self, rng: random.Random, previous: str) -> str:
+        word, p = self.preferred[previous]
+        return word if rng.random() < p else self.cls.draw(rng)
+
+
+def invented_words(rng: random.Random, n: int, taken: set[str]) -> list[str]:
+    """``n`` distinct invented words of two or three syllables, none in ``taken`` (which grows)."""
+    out: list[str] = []
+    while len(out) < n:
+        w = "".join(
+            rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(rng.choice((2, 3)))
+        )
+        if w not in taken and not any(bad in w for bad in _UNWANTED):
+            taken.add(w)
+            out.append(w)
+    return out
+
+
+class Grammar:
+    """A seeded probabilistic grammar over a lexicon of listed and invented words.
+
+    S  -> Clause ("," Conj Clause)?          Clause -> NP VP
+    NP -> Det Adj Noun                       VP     -> Vt NP | Vi Adv
+    Det -> Adj, Adj -> Noun, Noun -> Verb, Vt -> Det and Vi -> Adv are collocations (see the module doc).
+    Which rule applies is fixed by the words drawn (a transitive verb takes an object), not by a coin: a
+    structural choice between two likely options is a flat fork, which the knobs barely move (§10).
+    Past-tense verbs avoid number agreement, so every sentence is well formed.
     """
 
     def __init__(self, rng: random.Random) -> None:
-        self.det = Zipf(DETERMINERS, rng, exponent=1.2)
-        self.adj = Zipf(ADJECTIVES, rng)
-        self.noun = Zipf(NOUNS, rng)
-        self.vt = Zipf(TRANSITIVE, rng)
-        self.vi = Zipf(INTRANSITIVE, rng)
-        self.adv = Zipf(ADVERBS, rng)
-        self.prep = Zipf(PREPOSITIONS, rng)
-        self.conj = Zipf(CONJUNCTIONS, rng)
+        taken = set(DETERMINERS + ADJECTIVES + NOUNS + TRANSITIVE + INTRANSITIVE + ADVERBS + CONJUNCTIONS)
 
-    def _noun_phrase(self, rng: random.Random, depth: int) -> list[str]:
-        words = [self.det.draw(rng)]
-        n_adj = rng.choices((0, 1, 2), weights=(0.45, 0.4, 0.15))[0]
-        adjectives: list[str] = []
-        while len(adjectives) < n_adj:  # no "soft soft": repeated adjectives read as noise, not language
-            a = self.adj.draw(rng)
-            if a not in adjectives:
-                adjectives.append(a)
-        words += adjectives
-        words.append(self.noun.draw(rng))
-        if depth < 1 and rng.random() < 0.2:
-            words += [self.prep.draw(rng), *self._noun_phrase(rng, depth + 1)]
-        return words
+        def lexicon(listed: list[str], size: int) -> list[str]:
+            # The listed words take the frequent ranks (in a per-world order), the invented ones the tail.
+            head = rng.sample(listed, len(listed))
+            return head + invented_words(rng, size - len(listed), taken)
+
+        adjectives, nouns = lexicon(ADJECTIVES, _SIZES["adj"]), lexicon(NOUNS, _SIZES["noun"])
+        n_vt = _SIZES["verb"] * len(TRANSITIVE) // (len(TRANSITIVE) + len(INTRANSITIVE))
+        vt, vi = lexicon(TRANSITIVE, n_vt), lexicon(INTRANSITIVE, _SIZES["verb"] - n_vt)
+        adverbs = lexicon(ADVERBS, _SIZES["adv"])
+        self.vt_set = set(vt)
+        self.det = Zipf(DETERMINERS, rng, exponent=2.0)
+        self.conj = Zipf(CONJUNCTIONS, rng)
+        adj, noun = Zipf(adjectives, rng, _ZIPF, shuffle=False), Zipf(nouns, rng, _ZIPF, shuffle=False)
+        verbs = [w for pair in zip(vt, vi, strict=False) for w in pair] + vt[len(vi) :]  # listed ones first
+        verb, adv = Zipf(verbs, rng, _ZIPF, shuffle=False), Zipf(adverbs, rng, _ZIPF, shuffle=False)
+        self.det_adj = Collocations(DETERMINERS, adj, rng)
+        self.det_noun = Collocations(DETERMINERS, noun, rng)
+        self.adj_noun = Collocations(adjectives, noun, rng)
+        self.noun_verb = Collocations(nouns, verb, rng)
+        self.verb_det = Collocations(vt, self.det, rng)
+        self.vi_adv = Collocations(vi, adv, rng)
+
+    def _noun_phrase(self, rng: random.Random, det: str) -> list[str]:
+        adj = self.det_adj.draw(rng, det)
+        return [det, adj, self.adj_noun.draw(rng, adj)]
 
     def _clause(self, rng: random.Random) -> list[str]:
-        words = self._noun_phrase(rng, 0)
-        if rng.random() < 0.6:
-            words += [self.vt.draw(rng), *self._noun_phrase(rng, 0)]
-            if rng.random() < 0.25:
-                words.append(self.adv.draw(rng))
-        else:
-            words.append(self.vi.draw(rng))
-            if rng.random() < 0.4:
-                words.append(self.adv.draw(rng))
-            if rng.random() < 0.3:
-                words += [self.prep.draw(rng), *self._noun_phrase(rng, 1)]
-        return words
+        words = self._noun_phrase(rng, self.det.draw(rng))
+        verb = self.noun_verb.draw(rng, words[-1])
+        words.append(verb)
+        if verb in self.vt_set:
+            return words + self._noun_phrase(rng, self.verb_det.draw(rng, verb))
+        return [*words, self.vi_adv.draw(rng, verb)]
 
     def sentence(self, rng: random.Random) -> str:
         """One sentence, capitalised and ending with a full stop."""
         words = self._clause(rng)
-        if rng.random() < 0.25:
+        if rng.random() < _SECOND_CLAUSE:
             words[-1] += ","
             words += [self.conj.draw(rng), *self._clause(rng)]
         text = " ".join(words) + "."

@@ -47,14 +47,20 @@ class ReasoningConfig:
 
 @dataclass(frozen=True)
 class Problem:
-    """A word problem. ``prompt`` ends with ``A:``; ``solution`` is the completion, including the final
-    ``#### n`` line; ``answer`` is ``n`` as a string; ``key`` is the canonical arithmetic (e.g.
+    """A word problem. ``prompt`` ends with ``A:``; ``solution`` is the step-by-step completion, including the
+    final ``#### n`` line; ``answer`` is ``n`` as a string; ``key`` is the canonical arithmetic (e.g.
     ``"5+3-2"``), shared by problems that differ only in names and objects."""
 
     prompt: str
     solution: str
     answer: str
     key: str
+
+    @property
+    def short_solution(self) -> str:
+        """The answer alone (`` #### n``): training text mixes it with the step-by-step form, so the length of
+        a response is the model's choice, which RL can change (docs/method.md §5.2)."""
+        return f" #### {self.answer}"
 
 
 def make_problem(rng: random.Random, config: ReasoningConfig) -> Problem:
@@ -86,6 +92,38 @@ def make_problem(rng: random.Random, config: ReasoningConfig) -> Problem:
     prompt = f"Q: {' '.join(story)} How many {items} does {name} have now?\nA:"
     solution = f" {' '.join(steps)}\n#### {value}"
     return Problem(prompt, solution, str(value), key)
+
+
+def copy_drill(rng: random.Random, config: ReasoningConfig) -> str:
+    """Drills of the one skill every solution needs first: copying numbers from the question.
+
+    Three kinds, one per line: a list repeated (``Copy: 4 8 1. Again: 4 8 1.``), a story with no operation
+    whose answer is its only number, and the first step of a problem written out (``7 + 3 = 10.``). Taught from
+    the start of pre-training, they let every seed learn to copy operands before mid-training instead of only
+    some seeds late in it (docs/method.md §5.1).
+    """
+    lines = []
+    for _ in range(rng.randint(3, 6)):
+        kind = rng.randrange(3)
+        if kind == 0:
+            numbers = " ".join(str(rng.randint(0, config.max_operand)) for _ in range(rng.randint(2, 6)))
+            lines.append(f"Copy: {numbers}. Again: {numbers}.")
+        elif kind == 1:
+            name, _ = rng.choice(PEOPLE)
+            items, value = rng.choice(ITEMS), rng.randint(1, config.max_operand)
+            lines.append(
+                f"Q: {name} has {value} {items}. How many {items} does {name} have?\nA: #### {value}"
+            )
+        else:
+            a, b = rng.randint(1, config.max_operand), rng.randint(1, config.max_operand)
+            op = rng.choice(config.operations)
+            if op == "-":
+                a, b = max(a, b), min(a, b)
+            if op == "*":
+                b = rng.randint(2, config.max_multiplier)
+            value = {"+": a + b, "-": a - b, "*": a * b}[op]
+            lines.append(f"{a} {op} {b} = {value}.")
+    return "\n".join(lines)
 
 
 def is_heldout_problem(salt: str, problem: Problem, fraction: float) -> bool:

@@ -5,7 +5,8 @@ the same config see the same tokens. Three kinds of text:
 
 - knowledge (``knowledge.py``): biographies of invented people and Q/A drills about them;
 - language (``language.py``): sentences from a probabilistic grammar with many plausible next words;
-- reasoning (``reasoning.py``): arithmetic word problems with step-by-step solutions.
+- reasoning (``reasoning.py``): arithmetic word problems with step-by-step or answer-only solutions, and
+  drills of copying numbers from a question.
 
 Stage mixes follow the paper (docs/method.md §5.1–5.2): pre-training is mostly knowledge and language with a
 little reasoning; mid-training is reasoning-heavy.
@@ -26,7 +27,7 @@ from typing import Any, Literal, TypeVar
 from rlready.data import knowledge
 from rlready.data._sampling import in_heldout
 from rlready.data.language import Grammar
-from rlready.data.reasoning import Problem, ReasoningConfig, is_heldout_problem, make_problem
+from rlready.data.reasoning import Problem, ReasoningConfig, copy_drill, is_heldout_problem, make_problem
 
 T = TypeVar("T")
 Stage = Literal["pretrain", "midtrain"]
@@ -34,22 +35,24 @@ Split = Literal["train", "eval"]
 STAGES = ("pretrain", "midtrain")
 SPLITS = ("train", "eval")
 # Bump when a code change alters the generated text, so cached token shards of the old text are not reused.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 _MAX_REJECTIONS = 10_000  # a split this rare means a degenerate config, not bad luck
 
 
 @dataclass(frozen=True)
 class StageMix:
-    """Relative weights of the three document kinds in one stage (normalised when sampling).
-    Defaults: pre-training (knowledge 0.5, language 0.45, reasoning 0.05); mid-training
-    (0.25, 0.15, 0.6), i.e. reasoning-heavy as in the paper."""
+    """Relative weights of the document kinds in one stage (normalised when sampling). Defaults:
+    pre-training (knowledge 0.25, language 0.55, reasoning 0.1, copy drills 0.1); mid-training
+    (0.2, 0.1, 0.6, 0.1), i.e. reasoning-heavy as in the paper. Language dominates pre-training because its
+    forks are where the entropy knob acts (docs/method.md §10)."""
 
     knowledge: float
     language: float
     reasoning: float
+    drills: float = 0.0
 
     def __post_init__(self) -> None:
-        weights = (self.knowledge, self.language, self.reasoning)
+        weights = (self.knowledge, self.language, self.reasoning, self.drills)
         if any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"stage mix weights must be >= 0 with a positive sum, got {weights}")
 
@@ -64,8 +67,10 @@ class WorldConfig:
     heldout_fraction: float = 0.1  # share of questions / sentences / problem keys kept for evaluation
     sentences_per_document: tuple[int, int] = (3, 8)  # range for language documents
     reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)  # difficulty knobs
-    pretrain_mix: StageMix = field(default_factory=lambda: StageMix(0.5, 0.45, 0.05))
-    midtrain_mix: StageMix = field(default_factory=lambda: StageMix(0.25, 0.15, 0.6))
+    pretrain_mix: StageMix = field(default_factory=lambda: StageMix(0.25, 0.55, 0.1, 0.1))
+    midtrain_mix: StageMix = field(default_factory=lambda: StageMix(0.2, 0.1, 0.6, 0.1))
+    # Share of reasoning documents whose solution is the answer alone (``Problem.short_solution``).
+    short_solutions: float = 0.25
 
     def __post_init__(self) -> None:
         if self.n_entities < 1:
@@ -74,6 +79,8 @@ class WorldConfig:
             raise ValueError(f"n_cities must be >= 1, got {self.n_cities}")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        if not 0.0 <= self.short_solutions <= 1.0:
+            raise ValueError(f"short_solutions must be in [0, 1], got {self.short_solutions}")
         lo, hi = self.sentences_per_document
         if not 1 <= lo <= hi:
             raise ValueError(f"sentences_per_document must be (lo, hi) with 1 <= lo <= hi, got {(lo, hi)}")
@@ -138,8 +145,13 @@ class World:
         return self._generate(stage, mix, limit, count_chars=n_chars is not None)
 
     def _generate(self, stage: Stage, mix: StageMix, limit: int, *, count_chars: bool) -> Iterator[str]:
-        kinds = (self._knowledge_document, self._language_document, self._reasoning_document)
-        weights = (mix.knowledge, mix.language, mix.reasoning)
+        kinds = (
+            self._knowledge_document,
+            self._language_document,
+            self._reasoning_document,
+            self._drill_document,
+        )
+        weights = (mix.knowledge, mix.language, mix.reasoning, mix.drills)
         rng = random.Random(f"{self.config.seed}:{stage}")
         produced = 0
         while produced < limit:
@@ -163,7 +175,11 @@ class World:
         # One problem per document: the EOS that follows it teaches the model to stop after "#### n",
         # which RL relies on (a response that runs on into another question is truncated).
         p = self._problem(rng, "train")
-        return p.prompt + p.solution
+        short = rng.random() < self.config.short_solutions
+        return p.prompt + (p.short_solution if short else p.solution)
+
+    def _drill_document(self, rng: random.Random) -> str:
+        return copy_drill(rng, self.config.reasoning)
 
     def _sentence(self, rng: random.Random, split: Split) -> str:
         # Rejection keeps the distribution of each split the grammar's, conditioned on the split.

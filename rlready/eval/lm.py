@@ -1,7 +1,8 @@
 """Evaluation of a causal LM after (or during) a stage (docs/method.md §7).
 
-- ``heldout_stats``: perplexity, mean token entropy, top-1 accuracy and head mass (probability inside the
-  top-k) on held-out tokens, from the fused loss's statistics (one pass, no ``[N, V]`` logits).
+- ``heldout_stats``: perplexity, mean token entropy, top-1 accuracy, head and tail mass (probability inside
+  and outside the top-k) and the entropy of the top-k renormalised on held-out tokens, from the fused loss's
+  statistics (one pass, no ``[N, V]`` logits).
 - ``knowledge_accuracy``: greedy answers to held-out fact questions, exact match of the answer's words.
 - ``reasoning_eval``: greedy accuracy, and Avg@n, Cons@n, Pass@k of ``eval.samples`` samples per held-out
   problem (default temperature 0.7, top-p 0.95: the paper's Pass@k setting) from the evaluator the RL stage
@@ -27,9 +28,10 @@ WORLD_REWARD = "arithmetic"  # the reward RL checks the synthetic world's proble
 
 @torch.no_grad()
 def heldout_stats(
-    model: Any, tokens: np.ndarray, *, seq_len: int, k: int, max_tokens: int, batch_size: int = 16
+    model: Any, tokens: np.ndarray, *, seq_len: int, k: int | float, max_tokens: int, batch_size: int = 16
 ) -> dict[str, float]:
-    """Perplexity, entropy, accuracy and top-``k`` head mass over up to ``max_tokens`` held-out tokens."""
+    """Perplexity, entropy, accuracy and the top-``k`` head's mass, tail mass and renormalised entropy over up
+    to ``max_tokens`` held-out tokens (docs/method.md §7); ``k`` a count or a fraction of the vocabulary."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -60,7 +62,70 @@ def heldout_stats(
         "entropy": m["entropy"],
         "accuracy": m["accuracy"],
         "head_mass": m["head_mass"],
+        "tail_mass": m["tail_mass"],
+        "head_entropy": m["head_entropy"],
         "eval_tokens": int(m["tokens"]),
+    }
+
+
+# Training tokens the data's n-gram oracle counts (docs/method.md §10): a few million give stable estimates of
+# short contexts in seconds; more only adds rare contexts the analysis backs off from anyway.
+ORACLE_TOKENS = 4_000_000
+
+
+def data_analysis(
+    model: Any, train: np.ndarray, heldout: np.ndarray, weighting: Any, *, seq_len: int, max_tokens: int
+) -> dict[str, Any]:
+    """What the data allows and where the model stands (docs/method.md §10): the fixed point of this run's
+    objective on the training data's n-gram oracle, the data's shape, and the model's held-out entropy on
+    fork and near-deterministic tokens (labelled by the oracle)."""
+    from rlready.eval.oracle import NgramOracle, analyse, position_kinds
+
+    vocab = model.get_output_embeddings().weight.shape[0]
+    oracle = NgramOracle(np.asarray(train[:ORACLE_TOKENS]), vocab)
+    result = analyse(oracle, {"run": weighting})
+    kinds = position_kinds(oracle, heldout)
+    return {
+        **entropy_by_kind(model, heldout, kinds, seq_len=seq_len, max_tokens=max_tokens),
+        "fixed_point": result["configs"]["run"],
+        "oracle": {key: result[key] for key in ("order", "min_count", "tokens")} | result["oracle"],
+    }
+
+
+@torch.no_grad()
+def entropy_by_kind(
+    model: Any, tokens: np.ndarray, kinds: np.ndarray, *, seq_len: int, max_tokens: int, batch_size: int = 16
+) -> dict[str, float]:
+    """Mean next-token entropy over the held-out targets that ``kinds`` marks as forks (1) and as
+    near-deterministic (0), on the windows ``heldout_stats`` uses."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    n_windows = max(1, min((len(tokens) - 1) // seq_len, max(1, max_tokens // seq_len)))
+    sums = {1: [0.0, 0], 0: [0.0, 0]}
+    for start in range(0, n_windows, batch_size):
+        rows = range(start, min(start + batch_size, n_windows))
+        x = torch.from_numpy(
+            np.stack([tokens[r * seq_len : r * seq_len + seq_len] for r in rows]).astype(np.int64)
+        )
+        kind = torch.from_numpy(np.stack([kinds[r * seq_len + 1 : r * seq_len + seq_len + 1] for r in rows]))
+        h = final_hidden_and_head(model, x.to(device))
+        hidden, kind = h.hidden.reshape(-1, h.hidden.shape[-1]), kind.reshape(-1).to(device)
+        for lo in range(0, hidden.shape[0], 512):  # 512 rows of logits at a time: bounded memory at any V
+            z = (hidden[lo : lo + 512] @ h.weight.T).float()
+            if h.bias is not None:
+                z = z + h.bias.float()
+            logp = z.log_softmax(-1)
+            entropy = -(logp.exp() * logp).sum(-1)
+            for k in (0, 1):
+                sel = kind[lo : lo + 512] == k
+                sums[k][0] += float(entropy[sel].sum())
+                sums[k][1] += int(sel.sum())
+    model.train(was_training)
+    return {
+        "entropy_fork": sums[1][0] / sums[1][1] if sums[1][1] else float("nan"),
+        "entropy_determ": sums[0][0] / sums[0][1] if sums[0][1] else float("nan"),
+        "fork_share": sums[1][1] / max(1, sums[0][1] + sums[1][1]),
     }
 
 
@@ -131,8 +196,8 @@ def _greedy_accuracy(model: Any, tokenizer: Any, problems: Sequence[Any], max_ne
 
 
 def periodic_eval(model: Any, data: Any, cfg: Any) -> dict[str, float]:
-    """The cheap part of the end-of-stage evaluation, for curves along training: held-out perplexity /
-    entropy / head mass, and on the synthetic world greedy knowledge and reasoning accuracy. Greedy decoding
+    """The cheap part of the end-of-stage evaluation, for curves along training: the held-out statistics of
+    ``heldout_stats``, and on the synthetic world greedy knowledge and reasoning accuracy. Greedy decoding
     draws no random numbers, so evaluating does not change the training run."""
     out: dict[str, float] = dict(
         heldout_stats(model, data.heldout, seq_len=cfg.data.seq_len, k=cfg.loss.k, max_tokens=cfg.eval.tokens)

@@ -35,7 +35,33 @@ def collect(out: Path, jobs: list[Any]) -> dict[str, Any]:
             entry[stage] = _read(job.root / stage / "eval.json")
         entry["rl_dynamics"] = rl_dynamics(read_metrics(job.root / "rl" / "metrics.jsonl"))
         runs.append(entry)
-    return {"runs": runs}
+    summary: dict[str, Any] = {"runs": runs}
+    fixed = fixed_points(runs)
+    if fixed is not None:
+        summary["fixed_point"] = fixed
+    return summary
+
+
+def fixed_points(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """What the data allows (docs/method.md §10): each configuration's fixed point on the pre-training data's
+    oracle, as its pre-training evaluation computed it. The data and so the oracle are the same for every
+    seed of a study (one world), so the first run of each configuration that has one stands for it."""
+    configs: dict[str, Any] = {}
+    oracle = None
+    for run in runs:
+        ev = run.get("pretrain") or {}
+        if "fixed_point" in ev and run["name"] not in configs:
+            configs[run["name"]] = ev["fixed_point"]
+            oracle = oracle or ev.get("oracle")
+    if not configs:
+        return None
+    oracle = oracle or {}
+    return {
+        "order": oracle.get("order"),
+        "tokens": oracle.get("tokens"),
+        "oracle": oracle,
+        "configs": configs,
+    }
 
 
 def with_dynamics(study: Path, summary: dict[str, Any]) -> dict[str, Any]:
