@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", required=True, type=Path, help="study directory (resumed when it exists)")
     st.add_argument("--seeds", type=int, default=1, help="seeds per configuration (default: 1)")
     st.add_argument(
-        "--configs", help="YAML/TOML list of {name, beta, lam_head, lam_tail, k} (default: the paper's five)"
+        "--configs",
+        help="YAML/TOML list of {name, beta, lam_head, lam_tail, k}, or a mapping of such a `configs` list and "
+        "`claims` for the report to check besides its own (default: the paper's five)",
     )
     st.add_argument(
         "--jobs", type=int, help="configurations run in parallel (default: one per core; 1 with --launcher)"
@@ -64,6 +66,32 @@ def build_parser() -> argparse.ArgumentParser:
         "process)",
     )
     st.add_argument("--overwrite", action="store_true", help="replace a study with other settings in --out")
+    ex = sub.add_parser(
+        "export-lm-eval",
+        help="write lm-evaluation-harness tasks (local JSONL) for a run's held-out problems and questions",
+        description="Write lm-evaluation-harness task YAMLs backed by local JSONL: the held-out reasoning "
+        "problems (exact match of '#### n', and Pass@k), the held-out knowledge questions and any GSM8K-style "
+        "JSONL; then print the lm_eval command. World and evaluation settings come from --config (a run "
+        f"directory or a YAML/TOML file), else from --preset and --stage. Also: {USAGE_OVERRIDES}.",
+    )
+    ex.add_argument("--out", required=True, type=Path, help="task folder (an earlier export is replaced)")
+    ex.add_argument(
+        "--config", type=Path, help="a run directory (or its config.json) or a YAML/TOML config file"
+    )
+    ex.add_argument("--preset", help="preset when --config is not a run directory (default: tiny)")
+    ex.add_argument(
+        "--stage", choices=("pretrain", "midtrain", "rl"), help="whose settings (default: the run's, else rl)"
+    )
+    ex.add_argument(
+        "--jsonl",
+        type=Path,
+        action="append",
+        default=[],
+        help="GSM8K-style JSONL (question, answer ending in '#### n') to export as well; repeatable",
+    )
+    ex.add_argument("--no-world", action="store_true", help="leave out the synthetic world's tasks")
+    ex.add_argument("--model", help="model directory in the printed command (default: RUN/final for a run)")
+    ex.add_argument("--device", help="--device of the printed command (e.g. cpu; lm_eval's default is cuda)")
     rp = sub.add_parser("report", help="regenerate the report of one study, or compare several side by side")
     rp.add_argument("dirs", nargs="+", type=Path, help="study directories")
     rp.add_argument(
@@ -78,6 +106,7 @@ def _run_study(args: argparse.Namespace, extra: list[str]) -> int:
     from rlready import study
 
     configs = study.load_configs(args.configs) if args.configs else None
+    claims = study.load_claims(args.configs) if args.configs else None
     if args.jobs is not None and args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     study.run_study(
@@ -90,6 +119,7 @@ def _run_study(args: argparse.Namespace, extra: list[str]) -> int:
         extra=extra,
         overwrite=args.overwrite,
         debug="--debug" in sys.argv,
+        claims=claims,
     )
     return 0
 
@@ -101,6 +131,41 @@ def _run_report(args: argparse.Namespace, extra: list[str]) -> int:
 
     for path in write_report(args.dirs, args.out):
         print(path)
+    return 0
+
+
+def _run_export(args: argparse.Namespace, extra: list[str]) -> int:
+    import json
+
+    from rlready import config, recipes
+    from rlready.hf.lmeval_tasks import export_lm_eval
+
+    overrides = config.parse_overrides(extra)
+    source, model = args.config, args.model
+    if source is not None and (source.is_dir() or source.suffix == ".json"):
+        # A run directory: its config.json is the resolved configuration the run evaluated with.
+        saved = source / "config.json" if source.is_dir() else source
+        if not saved.is_file():
+            what = "is a directory without config.json (not a run)" if source.is_dir() else "does not exist"
+            raise config.ConfigError(f"--config {str(source)!r} {what}")
+        source = saved.parent
+        try:
+            base = json.loads(saved.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise config.ConfigError(f"cannot read {saved}: {err}") from None
+        if not isinstance(base, dict):
+            raise config.ConfigError(f"{saved} does not hold a configuration")
+        stage = args.stage or base.get("stage", "rl")
+        preset = args.preset or (base.get("model") or {}).get("preset", "tiny")
+        cfg = recipes.resolve(stage, preset, base={**base, "stage": stage}, overrides=overrides)
+        model = model or str(source / "final")
+    else:
+        file_stage = config.load_file(source).get("stage") if source is not None else None
+        stage = args.stage or file_stage or "rl"
+        cfg = recipes.resolve(stage, args.preset or "tiny", file=source, overrides=overrides)
+    result = export_lm_eval(args.out, cfg, jsonl=args.jsonl, world=not args.no_world)
+    print(f"wrote {len(result.tasks)} tasks to {result.out}: {', '.join(result.tasks)}")
+    print(result.command(model, device=args.device))
     return 0
 
 
@@ -133,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         argv.remove("--debug")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    previous = _interrupt_during_start_up() if args.command != "report" else {}
+    previous = _interrupt_during_start_up() if args.command not in ("report", "export-lm-eval") else {}
     try:
         if args.command in ("pretrain", "midtrain", "rl"):
             return _run_stage(args, extra)
@@ -141,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_study(args, extra)
         if args.command == "report":
             return _run_report(args, extra)
+        if args.command == "export-lm-eval":
+            return _run_export(args, extra)
         parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects it first
     except KeyboardInterrupt:
         print("rlready: interrupted", file=sys.stderr)

@@ -39,27 +39,41 @@ def _check_plain_head(config: Any) -> None:
 
 
 def final_hidden_and_head(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    model: Any,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None = None,
+    **decoder_kwargs: Any,
 ) -> HeadInputs:
     """Run ``model``'s decoder on ``input_ids`` [B, T]; return ``HeadInputs`` (hidden, weight, bias, aux_loss).
 
-    For MoE configs with ``output_router_logits`` set, the router logits of every layer are collected and
-    turned into the load-balancing loss with the model's own ``load_balancing_loss_func`` (same padding
-    handling through ``attention_mask``), scaled by ``router_aux_loss_coef``.
+    ``decoder_kwargs`` (``position_ids``, ``inputs_embeds`` in place of ``input_ids``, ...) go to the decoder as
+    they are, so a model's own forward can be rerouted through here (rlready.hf.apply_shaped_loss); the cache
+    is off unless they say otherwise. For MoE configs with ``output_router_logits`` set (or the keyword), the
+    router logits of every layer are collected and turned into the load-balancing loss with the model's own
+    ``load_balancing_loss_func`` (same padding handling through ``attention_mask``), scaled by
+    ``router_aux_loss_coef``.
     """
-    if input_ids.dim() != 2:
+    if input_ids is None:
+        embeds = decoder_kwargs.get("inputs_embeds")
+        if embeds is None:
+            raise ValueError("need input_ids [batch, time] or inputs_embeds [batch, time, hidden]")
+        shape = tuple(embeds.shape[:2])
+    elif input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, time], got shape {tuple(input_ids.shape)}")
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise ValueError(
-            f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
-        )
+    else:
+        shape = tuple(input_ids.shape)
+    # A 2-D mask marks padding per token; other masks (4-D, prepared by the caller) go to the decoder as given.
+    if attention_mask is not None and attention_mask.dim() == 2 and tuple(attention_mask.shape) != shape:
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {shape}")
     config = model.config
     _check_plain_head(config)
     head = model.get_output_embeddings()
     if head is None or not hasattr(head, "weight"):
         raise ValueError(f"model of type {type(model).__name__} has no linear LM head")
-    want_router = bool(getattr(config, "output_router_logits", False))
-    kwargs: dict[str, Any] = {"use_cache": False}
+    want_router = bool(
+        decoder_kwargs.get("output_router_logits", getattr(config, "output_router_logits", False))
+    )
+    kwargs: dict[str, Any] = {"use_cache": False, **decoder_kwargs}
     if want_router:
         kwargs["output_router_logits"] = True
     out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
