@@ -18,9 +18,9 @@ from rlready.study import DEFAULT_CONFIGS, Job, StudyConfig, load_configs, stage
 def test_default_configurations_are_the_papers_five_and_a_beta_dose_response() -> None:
     # As study.json records them: a resumed study compares these with its saved settings.
     assert [c.to_dict() for c in DEFAULT_CONFIGS] == [
-        {"name": "CE", "beta": "0.0", "lam_head": "0.0", "lam_tail": "0.0", "k": 100},
-        {"name": "beta=-0.25", "beta": "-0.25", "lam_head": "0.0", "lam_tail": "0.0", "k": 100},
-        {"name": "beta=0.5", "beta": "0.5", "lam_head": "0.0", "lam_tail": "0.0", "k": 100},
+        {"name": "CE", "beta": "0.0", "lam_head": "0.0", "lam_tail": "0.0", "k": 10},
+        {"name": "beta=-0.25", "beta": "-0.25", "lam_head": "0.0", "lam_tail": "0.0", "k": 10},
+        {"name": "beta=0.5", "beta": "0.5", "lam_head": "0.0", "lam_tail": "0.0", "k": 10},
         {"name": "lam_tail=-0.1", "beta": "0.0", "lam_head": "0.0", "lam_tail": "-0.1", "k": 10},
         {"name": "lam_head=0.1", "beta": "0.0", "lam_head": "0.1", "lam_tail": "0.0", "k": 10},
         {
@@ -28,7 +28,7 @@ def test_default_configurations_are_the_papers_five_and_a_beta_dose_response() -
             "beta": "-1",
             "lam_head": "0.0",
             "lam_tail": "0.0",
-            "k": 100,
+            "k": 10,
             "until": "pretrain",
         },
         {
@@ -36,10 +36,10 @@ def test_default_configurations_are_the_papers_five_and_a_beta_dose_response() -
             "beta": "-0.5",
             "lam_head": "0.0",
             "lam_tail": "0.0",
-            "k": 100,
+            "k": 10,
             "until": "pretrain",
         },
-        {"name": "beta=1", "beta": "1", "lam_head": "0.0", "lam_tail": "0.0", "k": 100, "until": "pretrain"},
+        {"name": "beta=1", "beta": "1", "lam_head": "0.0", "lam_tail": "0.0", "k": 10, "until": "pretrain"},
     ]
     assert [c.stages for c in DEFAULT_CONFIGS][-1] == ("pretrain",)
 
@@ -349,6 +349,6 @@ def test_summary_records_each_configuration_as_study_json_does(tmp_path: Path) -
     assert {k: entry[k] for k in ("name", "beta", "k", "dir")} == {
         "name": "beta=-0.25",
         "beta": "-0.25",
-        "k": 100,
+        "k": 10,
         "dir": "runs/beta=-0.25-s0",
     }
