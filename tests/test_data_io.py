@@ -15,6 +15,7 @@ from rlready.data.shards import cache_key, cached_tokens, load_shard, shard_info
 from rlready.data.sources import DataSourceError, open_source, read_documents
 from rlready.data.tokenizer import (
     EOS_TOKEN,
+    PAD_TOKEN,
     TokenizerError,
     load_tokenizer,
     save_tokenizer,
@@ -46,13 +47,15 @@ def test_saved_tokenizer_loads_with_auto_tokenizer(tok_dir: Path) -> None:
 
     assert {p.name for p in tok_dir.iterdir()} >= {"tokenizer.json", "tokenizer_config.json"}
     config = json.loads((tok_dir / "tokenizer_config.json").read_text())
-    assert config["eos_token"] == config["pad_token"] == config["bos_token"] == EOS_TOKEN
+    assert config["eos_token"] == config["bos_token"] == EOS_TOKEN and config["pad_token"] == PAD_TOKEN
     hf = AutoTokenizer.from_pretrained(str(tok_dir))
     vocab = json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"]
     assert len(hf) == len(vocab) <= 2048
-    assert hf.eos_token == EOS_TOKEN and hf.pad_token_id == hf.eos_token_id == hf.convert_tokens_to_ids(
-        EOS_TOKEN
-    )
+    assert hf.eos_token == EOS_TOKEN and hf.eos_token_id == hf.convert_tokens_to_ids(EOS_TOKEN) == 0
+    # Its own token: transformers' collators mask pad targets, which would drop every EOS target.
+    assert hf.pad_token == PAD_TOKEN and hf.pad_token_id == hf.convert_tokens_to_ids(PAD_TOKEN) == 1
+    text = "".join(generate_documents(WORLD, "pretrain", n_chars=20_000))
+    assert PAD_TOKEN not in text and hf.pad_token_id not in hf(text)["input_ids"]
 
 
 def test_tokenizer_round_trips_text_and_keeps_eos_whole(tok) -> None:
@@ -249,6 +252,32 @@ def test_shard_matches_per_document_tokenisation(tok, tmp_path: Path) -> None:
     key = cache_key(world_identity(WORLD, "midtrain", n_documents=2500), tok)
     assert shard_info(tmp_path, key)["n_documents"] == 2500
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_shard_ignores_padding_left_on_in_the_tokenizer(tok_dir: Path, tmp_path: Path) -> None:
+    """A padded call leaves padding on in the Rust tokenizer (and a tokenizer.json saved by other tools may
+    have it too); a shard still holds each document's own tokens, never pad tokens."""
+    padded = load_tokenizer(tok_dir)
+    padded.padding_side = "left"
+    padded(["a", "a much longer text"], padding=True)
+    assert padded.backend_tokenizer.padding is not None
+    docs = ["one", "two three four five six", "seven"]
+    tokens = cached_tokens(docs, padded, tmp_path, {"name": "padded"})
+    np.testing.assert_array_equal(np.asarray(tokens), _reference_tokens(docs, load_tokenizer(tok_dir)))
+    assert padded.pad_token_id not in np.asarray(tokens)
+
+
+def test_shards_of_an_earlier_cache_format_are_rebuilt(tok, tmp_path: Path, monkeypatch) -> None:
+    """Version-1 shards of a tokenizer saved with padding on may hold pad tokens: none is reused."""
+    from rlready.data import shards
+
+    ident = {"name": "v1"}
+    monkeypatch.setattr(shards, "FORMAT_VERSION", 1)
+    cached_tokens(["one two", "three"], tok, tmp_path, ident)
+    old_key = cache_key(ident, tok)
+    monkeypatch.undo()
+    assert shards.FORMAT_VERSION > 1 and cache_key(ident, tok) != old_key
+    assert load_shard(tmp_path, old_key) is None  # nor is the old file itself valid any more
 
 
 def test_second_call_reuses_cache_without_tokenising(tok, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ def model_and_tokenizer():
     model = build_model(build_config("tiny", vocab_size=len(tok)))
     with torch.no_grad():  # make EOS a frequent greedy choice, so that some rows stop early and some do not
         emb = model.get_input_embeddings().weight
-        emb[tok.eos_token_id] = emb[: len(tok)].mean(0) * 40 + emb[tok.eos_token_id]
+        emb[tok.eos_token_id] = emb[: len(tok)].mean(0) * 150 + emb[tok.eos_token_id]
     return model.eval(), tok
 
 

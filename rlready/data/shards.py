@@ -28,7 +28,10 @@ from rlready.data.tokenizer import tokenizer_fingerprint
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-FORMAT_VERSION = 1
+# 2: documents are encoded with the tokenizer's padding and truncation off. A padded call switches padding on
+# in the Rust tokenizer and transformers saves it in tokenizer.json, so version-1 shards of such a tokenizer
+# can hold pad tokens inside documents; the bump makes every version-1 shard a cache miss.
+FORMAT_VERSION = 2
 _BATCH_DOCS = 1024  # documents per encode_batch call: enough for the Rust side to parallelise
 
 
@@ -72,6 +75,7 @@ def cached_tokens(
     if eos is None:
         raise ValueError("tokenizer has no eos_token: documents in a shard are separated by EOS")
     dtype = token_dtype(len(tokenizer))
+    encoder = _plain_encoder(tokenizer)
     bin_path, meta_path = _paths(cache, key)
     tmp_bin = bin_path.with_name(f"{bin_path.name}.tmp{os.getpid()}")
     n_tokens = n_docs = 0
@@ -79,7 +83,7 @@ def cached_tokens(
         with tmp_bin.open("wb") as fh:
             for batch in _batches(documents, _BATCH_DOCS):
                 flat: list[int] = []
-                for enc in tokenizer.backend_tokenizer.encode_batch(batch, add_special_tokens=False):
+                for enc in encoder.encode_batch(batch, add_special_tokens=False):
                     flat.extend(enc.ids)
                     flat.append(eos)
                 np.asarray(flat, dtype=dtype).tofile(fh)
@@ -108,6 +112,20 @@ def cached_tokens(
     if shard is None:  # only if another process corrupted the file between rename and map
         raise ValueError(f"token shard {bin_path} did not validate right after writing")
     return shard
+
+
+def _plain_encoder(tokenizer: PreTrainedTokenizerBase) -> Any:
+    """A copy of the tokenizer's Rust tokenizer with padding and truncation off (the original is untouched).
+
+    ``encode_batch`` pads every document of a batch to the longest when padding is on, which a padded call
+    or a tokenizer.json saved that way leaves switched on.
+    """
+    from tokenizers import Tokenizer
+
+    encoder = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    encoder.no_padding()
+    encoder.no_truncation()
+    return encoder
 
 
 def load_shard(cache_dir: str | Path, key: str) -> np.memmap | None:

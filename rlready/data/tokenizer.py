@@ -19,7 +19,13 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 EOS_TOKEN = "<|endoftext|>"
+# Padding has its own token: a pad that is also EOS makes transformers' collators (which mask pad targets)
+# drop every real EOS target, and hides where a response ended.
+PAD_TOKEN = "<|pad|>"
 N_BYTES = 256
+# What a causal LM's tokenizer returns; transformers 4.x's PreTrainedTokenizerFast adds token_type_ids by
+# default, which ``generate`` rejects.
+MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 
 
 class TokenizerError(ValueError):
@@ -31,12 +37,13 @@ def train_tokenizer(
 ) -> PreTrainedTokenizerBase:
     """Train a byte-level BPE tokenizer on ``texts``.
 
-    ``<|endoftext|>`` is the only special token: it ends documents (EOS) and doubles as BOS and PAD,
-    as in GPT-2/Qwen, since packed pre-training never needs a distinct pad. Digits are split one per
-    token (as Llama and Qwen do) so that arithmetic in the reasoning data is learnable digit by digit.
+    Two special tokens: ``<|endoftext|>`` ends documents (EOS) and doubles as BOS, as in GPT-2/Qwen;
+    ``<|pad|>`` (id 1) only pads batches and is never trained on as a target. ``vocab_size`` counts both.
+    Digits are split one per token (as Llama and Qwen do) so that arithmetic in the reasoning data is
+    learnable digit by digit.
     """
-    if vocab_size < N_BYTES + 1:
-        raise TokenizerError(f"vocab_size must be >= {N_BYTES + 1} (256 bytes + EOS), got {vocab_size}")
+    if vocab_size < N_BYTES + 2:
+        raise TokenizerError(f"vocab_size must be >= {N_BYTES + 2} (256 bytes + EOS + PAD), got {vocab_size}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
@@ -46,12 +53,12 @@ def train_tokenizer(
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=[EOS_TOKEN],
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    if tok.get_vocab_size() <= N_BYTES + 1:
+    if tok.get_vocab_size() <= N_BYTES + 2:
         raise TokenizerError("tokenizer training found no merges: the training text is empty or too short")
     return _wrap(tok)
 
@@ -60,24 +67,69 @@ def _wrap(tok: Tokenizer) -> PreTrainedTokenizerBase:
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, pad_token=EOS_TOKEN
+        tokenizer_object=tok,
+        eos_token=EOS_TOKEN,
+        bos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        model_input_names=MODEL_INPUT_NAMES,
     )
 
 
-def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
-    """Write ``tokenizer.json`` and ``tokenizer_config.json`` (with eos/bos/pad set) to ``out_dir``."""
+def save_tokenizer(
+    tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, *, model_max_length: int | None = None
+) -> Path:
+    """Write ``tokenizer.json`` and ``tokenizer_config.json`` (with eos/bos/pad set) to ``out_dir``.
+
+    ``model_max_length``: the sequence length the tokenizer's model is trained on (see ``write_tokenizer``).
+    """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise TokenizerError(f"tokenizer output path exists and is not a directory: {out}")
     out.mkdir(parents=True, exist_ok=True)
+    write_tokenizer(tokenizer, out, model_max_length=model_max_length)
+    return out
+
+
+def write_tokenizer(
+    tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, *, model_max_length: int | None = None
+) -> None:
+    """``tokenizer.save_pretrained(out_dir)``, the files made to load alike under transformers 4.x and 5.x.
+
+    - transformers 5 records its internal class name ``TokenizersBackend``, which 4.x cannot resolve, and 4.x
+      records ``PreTrainedTokenizer`` (its name with "Fast" cut off, a slow class that has no files here):
+      the public ``PreTrainedTokenizerFast`` names the same tokenizer under both (pyproject allows 4.x);
+    - ``model_input_names`` is written out without ``token_type_ids``, which 4.x's fast-tokenizer default
+      adds and ``generate`` rejects (no decoder-only LM takes them);
+    - ``padding_side`` is left: every directory rlready writes is a decoder-only LM, whose batched
+      generation needs the prompts flush against the new tokens;
+    - tokenizer.json is saved without padding or truncation: a padded call (``tok(..., padding=True)``)
+      switches them on in the Rust tokenizer, and saved there they would pad every ``encode_batch`` of a
+      ``tokenizers`` client; padding belongs to the call and the tokenizer config;
+    - ``model_max_length`` (when given) replaces transformers' "unknown" of about 1e30.
+    """
+    out = Path(out_dir)
     tokenizer.save_pretrained(str(out))
-    # transformers 5 records its internal class name "TokenizersBackend", which transformers 4.x cannot
-    # resolve; the public alias loads under both, and pyproject allows transformers >= 4.51.
     config_path = out / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    return out
+    if config.get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizer") and tokenizer.is_fast:
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["model_input_names"] = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
+    config["padding_side"] = "left"
+    if model_max_length is not None:
+        if (
+            isinstance(model_max_length, bool)
+            or not isinstance(model_max_length, int)
+            or model_max_length < 1
+        ):
+            raise TokenizerError(f"model_max_length must be a positive int, got {model_max_length!r}")
+        config["model_max_length"] = model_max_length
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    spec_path = out / "tokenizer.json"
+    if spec_path.is_file():
+        spec = json.loads(spec_path.read_text(encoding="utf-8"))
+        if spec.get("padding") is not None or spec.get("truncation") is not None:
+            spec["padding"] = spec["truncation"] = None
+            spec_path.write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:

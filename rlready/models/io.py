@@ -462,8 +462,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _generation_config(model: Any, tokenizer: Any) -> Any:
-    """The model's generation config with unset special-token ids filled in from the tokenizer."""
+def _generation_config(model: Any, tokenizer: Any, max_new_tokens: int | None) -> Any:
+    """The model's generation config with unset special-token ids filled in from the tokenizer, and a length.
+
+    Without ``max_new_tokens`` a bare ``model.generate(**inputs)`` stops after transformers' default of 20
+    tokens in all; an explicit value is what the stage generated with.
+    """
     from transformers import GenerationConfig
 
     gen = model.generation_config
@@ -473,11 +477,51 @@ def _generation_config(model: Any, tokenizer: Any) -> Any:
             setattr(gen, field, getattr(tokenizer, field, None))
     if gen.pad_token_id is None:
         gen.pad_token_id = gen.eos_token_id
+    if max_new_tokens is not None:
+        gen.max_new_tokens = max_new_tokens
     return gen
 
 
-def save_model(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
+def _model_max_length(model: Any, tokenizer: Any) -> int | None:
+    """The tokenizer's ``model_max_length`` when it is a real length, else the model's position limit.
+
+    transformers' "unknown" is a huge sentinel (about 1e30), useless to anyone who truncates or budgets by it.
+    """
+    length = getattr(tokenizer, "model_max_length", None)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(length, int) and length > 0 and (limit is None or length <= limit):
+        return length
+    return limit
+
+
+def _write_portable_config(path: Path, config: Any) -> None:
+    """Add the other transformers generation's RoPE keys to a saved config.json (portable_rope_fields)."""
+    from rlready.models.rope import portable_rope_fields
+
+    fields = portable_rope_fields(config)
+    if not fields:
+        return
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    saved.update(fields)
+    path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def save_model(
+    model: Any,
+    tokenizer: Any,
+    out_dir: str | Path,
+    *,
+    max_length: int | None = None,
+    max_new_tokens: int | None = None,
+) -> Path:
     """Write ``model`` and ``tokenizer`` to ``out_dir`` in Hugging Face format, atomically.
+
+    The directory loads with identical logits, token ids and generation under transformers 4.x and 5.x
+    (tests/test_hf_compat.py): config.json carries the RoPE base in both generations' keys and the tokenizer
+    files are written by :func:`rlready.data.tokenizer.write_tokenizer`. ``max_length`` is the sequence length
+    the model was trained on (the tokenizer's ``model_max_length``; default: the tokenizer's own when it is a
+    real length, else the model's ``max_position_embeddings``); ``max_new_tokens`` the response length that
+    ``generation_config.json`` gives ``generate`` (default: the one already there, else ``max_length``).
 
     Everything is written to a temporary directory next to ``out_dir``, fsynced, then renamed into place, so
     ``out_dir`` is either absent, the previous complete save, or the new complete save -- never half-written.
@@ -491,7 +535,14 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
             f"tokenizer must be a transformers tokenizer, got {type(tokenizer).__name__} "
             "(wrap a tokenizers.Tokenizer in PreTrainedTokenizerFast(tokenizer_object=...))"
         )
+    from rlready.data.tokenizer import write_tokenizer
+
     check_tokenizer_fits(tokenizer, model)
+    for name, value in (("max_length", max_length), ("max_new_tokens", max_new_tokens)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    length = max_length if max_length is not None else _model_max_length(model, tokenizer)
+    new_tokens = max_new_tokens or getattr(model.generation_config, "max_new_tokens", None) or length
     out_dir = Path(out_dir).absolute()
     if out_dir.exists() and not (out_dir / "config.json").is_file():
         raise ValueError(f"refusing to replace {out_dir}: it exists and is not a model directory")
@@ -500,8 +551,9 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
     old = None
     try:
         model.save_pretrained(tmp)
-        _generation_config(model, tokenizer).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        _write_portable_config(tmp / "config.json", model.config)
+        _generation_config(model, tokenizer, new_tokens).save_pretrained(tmp)
+        write_tokenizer(tokenizer, tmp, model_max_length=length)
         _fsync_tree(tmp)
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))

@@ -33,6 +33,42 @@ def rope_config_kwargs(config_cls: type, theta: float) -> dict[str, Any]:
     return {"rope_theta": theta}
 
 
+def portable_rope_fields(config: Any) -> dict[str, Any]:
+    """The RoPE entries for ``config.json`` that transformers 4.x and 5.x both read as ``config``'s RoPE.
+
+    transformers 5 reads ``rope_parameters`` and saves only that; 4.x reads ``rope_theta`` and
+    ``rope_scaling`` (None for plain RoPE) and ignores ``rope_parameters``, so a config.json written by 5
+    alone loads in 4.x with the default base 1e4 without a word (a mid-trained model's 1e6 lost). Both forms
+    are derived from the one the installed version computes with; 5 takes ``rope_scaling`` over
+    ``rope_parameters`` when both are set and fills a missing ``rope_theta`` from the top-level key, so the
+    two never disagree. Empty when the RoPE is given per layer type (a nested ``rope_parameters``, which 4.x
+    has no form for): the file is then left as transformers wrote it.
+    """
+    if "rope_parameters" in inspect.signature(type(config).__init__).parameters:
+        params = dict(getattr(config, "rope_parameters", None) or {})
+        if not params or any(isinstance(v, dict) for v in params.values()) or "rope_theta" not in params:
+            return {}
+        theta = params["rope_theta"]
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        rest = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
+        fields: dict[str, Any] = {
+            "rope_theta": theta,
+            "rope_scaling": None if rope_type == "default" else rest,
+            "rope_parameters": params,
+        }
+        if "partial_rotary_factor" in params:  # 4.x reads it at the top level
+            fields["partial_rotary_factor"] = params["partial_rotary_factor"]
+        return fields
+    theta = getattr(config, "rope_theta", None)
+    if theta is None:
+        return {}
+    scaling = getattr(config, "rope_scaling", None)
+    params = dict(scaling or {})
+    params.setdefault("rope_type", params.get("type", "default"))
+    params["rope_theta"] = theta
+    return {"rope_theta": theta, "rope_scaling": scaling, "rope_parameters": params}
+
+
 def get_rope_theta(config: Any) -> float:
     """The RoPE base of ``config`` (from ``rope_parameters`` when present, else ``rope_theta``)."""
     params = getattr(config, "rope_parameters", None)

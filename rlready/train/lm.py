@@ -181,8 +181,8 @@ def load_or_build_model(
         return model
     torch.manual_seed(cfg.seed)
     config = build_config(cfg.model.preset, vocab_size=len(tok), rope_theta=cfg.model.rope_theta or 1e4)
-    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        setattr(config, attr, tok.eos_token_id)
+    config.bos_token_id = config.eos_token_id = tok.eos_token_id
+    config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     return build_model(config, dtype=dtype, device=device)
 
 
@@ -290,7 +290,7 @@ def _setup(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> _Setup |
             if lock is not None and data.trained_tokenizer:
                 from rlready.data.tokenizer import save_tokenizer
 
-                save_tokenizer(data.tokenizer, out / "tokenizer")
+                save_tokenizer(data.tokenizer, out / "tokenizer", model_max_length=cfg.data.seq_len)
         except (ConfigError, OSError) as err:
             if lock is not None:
                 lock.release()
@@ -445,7 +445,8 @@ class _StepResult:
             s = self.stats.as_tensor()
             dist.all_reduce_sum(s, d)
             m = type(self.stats).from_tensor(s).means()
-            rec.update({key: m[key] for key in ("ce", "ppl", "entropy", "accuracy", "head_mass")})
+            keys = ("ce", "ppl", "entropy", "accuracy", "head_mass", "tail_mass", "head_entropy")
+            rec.update({key: m[key] for key in keys})
         return rec
 
 
@@ -526,7 +527,7 @@ def _finish(
     cfg: RunConfig, out: Path, model: nn.Module, data: LMData, d: dist.Dist, step: int, tokens: int
 ) -> dict[str, Any]:
     """Save ``final/`` (Hugging Face format) and evaluate it into ``eval.json``."""
-    from rlready.eval.lm import heldout_stats, knowledge_accuracy, reasoning_eval
+    from rlready.eval.lm import data_analysis, heldout_stats, knowledge_accuracy, reasoning_eval
     from rlready.models import save_model
 
     state = dist.full_model_state(model, d, fsdp=cfg.train.fsdp)
@@ -536,10 +537,26 @@ def _finish(
         model = load_or_build_model(cfg, data.tokenizer, torch.device("cpu"))
         model.load_state_dict(state)
     model.generation_config.do_sample = False
-    save_model(model, data.tokenizer, out / "final")
+    save_model(
+        model,
+        data.tokenizer,
+        out / "final",
+        max_length=cfg.data.seq_len,
+        max_new_tokens=cfg.eval.max_new_tokens,
+    )
     ev: dict[str, Any] = {"step": step, "tokens": tokens}
     ev.update(
         heldout_stats(model, data.heldout, seq_len=cfg.data.seq_len, k=cfg.loss.k, max_tokens=cfg.eval.tokens)
+    )
+    ev.update(
+        data_analysis(
+            model,
+            data.train,
+            data.heldout,
+            cfg.loss.weighting(1.0),
+            seq_len=cfg.data.seq_len,
+            max_tokens=cfg.eval.tokens,
+        )
     )
     if data.world is not None:
         questions = data.world.knowledge_questions("eval")[: cfg.eval.knowledge_questions]

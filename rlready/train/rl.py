@@ -206,7 +206,7 @@ def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFla
         stop.phase = "the final evaluation and export"
         backend.sync_weights(model)
         final = evaluate(backend, scorer, setup.eval_tasks, cfg, cfg.seed + 1)
-    return _finish(out, model, tok, state, final, initial)
+    return _finish(out, model, tok, state, final, initial, cfg.rl.max_new_tokens)
 
 
 class _RLState:
@@ -307,12 +307,17 @@ def _save(
     )
 
 
-def _finish(out: Path, model, tok, state: _RLState, final: dict, initial: dict) -> dict[str, Any]:
-    """``final/`` (Hugging Face format) and ``eval.json`` with the paired gain of RL."""
+def _finish(
+    out: Path, model, tok, state: _RLState, final: dict, initial: dict, max_new_tokens: int
+) -> dict[str, Any]:
+    """``final/`` (Hugging Face format) and ``eval.json`` with the paired gain of RL.
+
+    ``final/`` generates RL's response length; its tokenizer keeps the mid-trained model's ``model_max_length``.
+    """
     from rlready.models import save_model
 
     model.generation_config.do_sample = False
-    save_model(model, tok, out / "final")
+    save_model(model, tok, out / "final", max_new_tokens=max_new_tokens)
     result = {"step": state.step, "samples": state.samples, **final, "initial": initial}
     if "avg@k_per_problem" in initial:  # absent from runs started before it was recorded
         gain, se = paired_gain(initial["avg@k_per_problem"], final["avg@k_per_problem"])
