@@ -98,6 +98,35 @@ def test_loss_func_refuses_outputs_without_logits_and_missing_labels():
         shaped_loss_func(beta="linear:oops")
 
 
+def test_a_count_of_zero_gives_zero_not_nan_and_bad_counts_are_refused():
+    """A batch with no target at all (num_items_in_batch 0) is a loss of 0 with zero gradients; transformers'
+    own loss is NaN there, which an optimizer step would write into every weight."""
+    model = tiny()
+    ids, mask, labels = batch()
+    nothing = torch.full_like(labels, -100)
+    f = shaped_loss_func(**KNOBS)
+    for count in (0, 0.0, torch.tensor(0), torch.tensor(0.0)):
+        loss = f(model(input_ids=ids, attention_mask=mask), nothing, count)
+        assert loss.item() == 0.0, count
+        with shaped_loss(model, **KNOBS):
+            patched = model(input_ids=ids, attention_mask=mask, labels=nothing, num_items_in_batch=count).loss
+        assert patched.item() == 0.0, count
+        patched.backward()
+        assert all(torch.all(p.grad == 0) for p in model.parameters() if p.grad is not None)
+    logits = model(input_ids=ids, attention_mask=mask)
+    for count, error, message in [
+        (0, ValueError, "is 0 but the batch has labels"),
+        (-3, ValueError, "count >= 0"),
+        (float("nan"), ValueError, "count >= 0"),
+        (True, TypeError, "num_items_in_batch must be a number"),
+        ("7", TypeError, "num_items_in_batch must be a number"),
+    ]:
+        with pytest.raises(error, match=message):
+            f(logits, labels, count)
+        with shaped_loss(model), pytest.raises(error, match=message):
+            model(input_ids=ids, labels=labels, num_items_in_batch=count)
+
+
 # ------------------------------------------------------------------------------------------ apply_shaped_loss
 
 
@@ -224,6 +253,8 @@ def test_patch_refuses_what_it_cannot_do():
     ids, _, labels = batch()
     with pytest.raises(ValueError, match="not a transformers causal LM"):
         apply_shaped_loss(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="Qwen3Model has no LM head.*ForCausalLM"):
+        apply_shaped_loss(model.get_decoder())  # a base model: get_output_embeddings() is None
     with pytest.raises(ValueError, match="chunk_size"):
         apply_shaped_loss(model, chunk_size=0)
     with pytest.raises(ValueError, match="k must"):
@@ -283,6 +314,11 @@ def test_scheduled_knobs_follow_progress_and_the_callback():
     torch.testing.assert_close(func(model(input_ids=ids, attention_mask=mask), labels), want)
     with pytest.raises(ValueError, match="ShapedLossFunc or ShapedLoss"):
         ShapedLossCallback(object())
+    for obj in (state, func):  # NaN would silently read as progress 0
+        with pytest.raises(ValueError, match="progress must be finite"):
+            obj.progress = float("nan")
+        with pytest.raises(TypeError, match="progress must be a number"):
+            obj.progress = "half"
 
 
 # ------------------------------------------------------------------------------------------ PEFT

@@ -116,6 +116,25 @@ def test_export_of_gsm8k_jsonl_prompts_as_rlready_rl_does(tmp_path):
     assert len(got) == 3 and not (out / "rlready_reasoning.yaml").exists()
 
 
+def test_exporting_again_removes_the_tasks_the_new_export_leaves_out(tmp_path):
+    """The folder is lm-eval's --include_path: an earlier export's task left in it would still load and run
+    under the ``rlready`` tag."""
+    data = tmp_path / "extra.jsonl"
+    data.write_text('{"question": "1 + 1?", "answer": "#### 2"}\n')
+    out = tmp_path / "tasks"
+    small = [a for k, v in SMALL_EVAL for a in (f"--{k}", v)]
+    assert cli("export-lm-eval", "--out", str(out), "--jsonl", str(data), *small).returncode == 0
+    assert (out / "rlready_extra_pass.yaml").is_file()
+    (out / "notes.txt").write_text("mine")  # not the export's: kept
+    done = cli("export-lm-eval", "--out", str(out), *small)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "rlready_tasks.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*manifest["files"], "rlready_tasks.json", "notes.txt"]
+    )
+    assert not list(out.glob("rlready_extra*"))
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -124,13 +143,21 @@ def test_export_of_gsm8k_jsonl_prompts_as_rlready_rl_does(tmp_path):
         (["--config", "{tmp}/run/config.json"], "--config '{tmp}/run/config.json' does not exist"),
         (["--jsonl", "{tmp}/none.jsonl"], "--jsonl '{tmp}/none.jsonl' does not exist"),
         (["--eval.samples", "0"], "eval.samples must be"),
-        (["--no-world"], "nothing to export"),
+        (["--no-world"], "nothing to export: the world's tasks are left out (--no-world)"),
+        (["--jsonl", "{tmp}/foreign"], "--jsonl '{tmp}/foreign' is a directory"),
+        (["--jsonl", "{tmp}/latin1.jsonl"], "--jsonl '{tmp}/latin1.jsonl' is not UTF-8 text"),
+        (["--jsonl", "{tmp}/reasoning_pass.jsonl"], "task name 'rlready_reasoning_pass' is taken"),
         (["--out", "{tmp}/foreign"], "is not empty and holds no rlready_tasks.json"),
     ],
 )
 def test_export_errors_are_one_line_and_exit_2(tmp_path, args, message):
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    (tmp_path / "latin1.jsonl").write_bytes(
+        '{"question": "caf\u00e9?", "answer": "#### 1"}\n'.encode("latin-1")
+    )
+    # Its task would be the file name of the world's Pass@k task, rlready_reasoning_pass.yaml.
+    (tmp_path / "reasoning_pass.jsonl").write_text('{"question": "1 + 1?", "answer": "#### 2"}\n')
     args = [a.format(tmp=tmp_path) for a in args]
     if "--out" not in args:
         args = ["--out", str(tmp_path / "tasks"), *args]

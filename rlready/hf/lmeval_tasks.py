@@ -134,6 +134,21 @@ def _check_out(out: Path) -> None:
         )
 
 
+def _previous_files(out: Path) -> set[str]:
+    """The files an earlier export in ``out`` wrote, by its manifest (plain names inside ``out`` only)."""
+    try:
+        listed = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    if not isinstance(listed, list):
+        return set()
+    return {
+        name
+        for name in listed
+        if isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
+    }
+
+
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     tmp = path.with_name(path.name + ".tmp")
@@ -249,26 +264,34 @@ def export_lm_eval(
                 raise ValueError(f"knowledge answers of one word expected, got {many[0]!r}")
             rows = [{"prompt": q.prompt, "answer": q.answer.strip()} for q in questions]
             datasets.append((f"{TAG}_knowledge", rows, False))
-    names = {name for name, _, _ in datasets}
+    # Every task name a dataset takes (a reasoning one also NAME_pass), so that no file overwrites another.
+    names = {n for name, _, reasoning in datasets for n in ((name, f"{name}_pass") if reasoning else (name,))}
     for path in jsonl:
         name = _task_name(Path(path))
         if name in names or f"{name}_pass" in names:
             raise ConfigError(f"--jsonl {str(path)!r}: task name {name!r} is taken; rename the file")
         names.update({name, f"{name}_pass"})
+        if Path(path).is_dir():
+            raise ConfigError(f"--jsonl {str(path)!r} is a directory, not a JSONL file")
         if not Path(path).is_file():
             raise ConfigError(f"--jsonl {str(path)!r} does not exist (no such file)")
         try:
             pairs = load_jsonl(path, "gsm8k")
         except ConfigError as err:  # it names the file as rl.data, the option of rlready rl
             raise ConfigError(str(err).replace("rl.data", "--jsonl", 1)) from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"--jsonl {str(path)!r} is not UTF-8 text ({err.reason})") from None
         rows = [{"prompt": qa_prompt(q), "answer": a, "reward": "gsm8k"} for q, a in pairs]
         datasets.append((name, rows, True))
     if not datasets:
-        raise ConfigError(
-            "nothing to export: no world tasks (eval.reasoning_problems and eval.knowledge_questions "
-            "are 0) and no --jsonl"
+        why = (
+            "the world's tasks are left out (--no-world)"
+            if not world
+            else "no world tasks (eval.reasoning_problems and eval.knowledge_questions are 0)"
         )
+        raise ConfigError(f"nothing to export: {why} and no --jsonl")
 
+    previous = _previous_files(out)
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     tasks: list[str] = []
@@ -299,4 +322,8 @@ def export_lm_eval(
             tasks.append(name)
     write("utils.py", _UTILS.format(pass_k=cfg.eval.pass_k))
     write(MANIFEST, json.dumps({"tasks": tasks, "files": [f.name for f in files]}, indent=2) + "\n")
+    # An earlier export's tasks that this one does not hold would still load from --include_path (and run
+    # under the tag): remove their files.
+    for name in previous - {f.name for f in files}:
+        (out / name).unlink(missing_ok=True)
     return ExportResult(out, tasks, files)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
+import numbers
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -53,13 +55,39 @@ def _shift(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
 
 
 def _normalise(total: torch.Tensor, targets: torch.Tensor, ignore_index: int, num_items_in_batch: Any):
-    """``total`` (a sum over valid tokens) divided by ``num_items_in_batch``, or by this batch's valid count
-    (at least 1, so a batch with nothing to learn gives 0, not NaN)."""
+    """``total`` (a sum over valid tokens) divided by ``num_items_in_batch``, or by this batch's valid count.
+
+    A count of 0 (no target in the whole accumulated batch, e.g. every prompt truncated away) divides by 1
+    instead: the sum is 0 too, so the loss is 0 with zero gradients, not NaN (which would poison the weights)."""
     if num_items_in_batch is None:
         return total / (targets != ignore_index).sum().clamp(min=1).to(total.dtype)
     if torch.is_tensor(num_items_in_batch):
-        return total / num_items_in_batch.to(device=total.device, dtype=total.dtype)
+        # The Trainer's count; it may be fractional (divided by tensor-parallel ranks). Checking its value
+        # here would synchronise with the device every micro-batch, so only 0 is mapped, on the device.
+        count = num_items_in_batch.to(device=total.device, dtype=total.dtype)
+        return total / torch.where(count == 0, torch.ones_like(count), count)
+    if isinstance(num_items_in_batch, bool) or not isinstance(num_items_in_batch, numbers.Real):
+        raise TypeError(
+            f"num_items_in_batch must be a number, a tensor or None, got {type(num_items_in_batch).__name__}"
+        )
+    if not (math.isfinite(num_items_in_batch) and num_items_in_batch >= 0):
+        raise ValueError(f"num_items_in_batch must be a finite count >= 0, got {num_items_in_batch!r}")
+    if num_items_in_batch == 0:
+        if bool((targets != ignore_index).any()):
+            raise ValueError("num_items_in_batch is 0 but the batch has labels that are not ignore_index")
+        return total
     return total / num_items_in_batch
+
+
+def _progress(value: Any) -> float:
+    """A finite fraction of training (schedules clamp it to [0, 1]); NaN would silently read as 0."""
+    try:
+        progress = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"progress must be a number, got {value!r}") from None
+    if not math.isfinite(progress):
+        raise ValueError(f"progress must be finite, got {value!r}")
+    return progress
 
 
 class ShapedLossFunc:
@@ -78,7 +106,7 @@ class ShapedLossFunc:
 
     @progress.setter
     def progress(self, value: float) -> None:
-        self.loss.progress = float(value)
+        self.loss.progress = _progress(value)
 
     def __call__(
         self, outputs: Any, labels: torch.Tensor | None, num_items_in_batch: Any = None
@@ -133,7 +161,7 @@ class ShapedLoss:
 
     @progress.setter
     def progress(self, value: float) -> None:
-        self.loss.progress = float(value)
+        self.loss.progress = _progress(value)
 
     @property
     def ignore_index(self) -> int:
@@ -158,6 +186,11 @@ def _causal_lm(model: Any) -> Any:
 
 def _check_head(model: Any) -> None:
     head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(
+            f"apply_shaped_loss: {type(model).__name__} has no LM head (get_output_embeddings() is None); "
+            "patch the causal LM (a ...ForCausalLM), not its base model"
+        )
     # An adapter on the head (LoRA, PEFT's modules_to_save) computes more than hidden @ weight.T, and the fused
     # loss reads only the weight, so it would train a different model than the forward describes.
     if type(head) is not torch.nn.Linear:
