@@ -243,6 +243,9 @@ def test_the_study_writes_its_claims_into_summary_json(
     entries = {e["text"]: e for e in summary["claims"]}
     assert entries["lam_head=0.1 keeps Avg@k"]["origin"] == "file"
     assert entries["lam_head=0.1 keeps Avg@k"]["verdict"] == "reproduced"  # equal on both seeds
+    # Pre-training-only arms get pre-training claims, none of the later stages.
+    assert any(e["config"] == "beta=-1" for e in summary["claims"])
+    assert all(e["stage"] == "pretrain" for e in summary["claims"] if e["config"] in ("beta=-1", "beta=1"))
     gap = entries["Entropy gap beta=0.5 - beta=-0.25 is at least 10% of CE's entropy after pre-training"]
     # Per seed (2.6 - 2.2) / (2.4 + 0.01 s): relative, against CE's entropy of the same seed.
     assert gap["n"] == 2 and gap["diff_mean"] == pytest.approx((0.4 / 2.4 + 0.4 / 2.41) / 2)

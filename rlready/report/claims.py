@@ -196,10 +196,11 @@ def _number(value: Any) -> float | None:
 
 
 def study_configs(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The configurations of the runs, ``{name, beta, lam_head, lam_tail, k}``, in order of first run."""
+    """The configurations of the runs, ``{name, beta, lam_head, lam_tail, k, until}``, in order of first run."""
     seen: dict[str, dict[str, Any]] = {}
     for run in runs:
-        seen.setdefault(run["name"], {"name": run["name"], **{k: run.get(k) for k in KNOBS}})
+        config = {"name": run["name"], **{k: run.get(k) for k in KNOBS}, "until": run.get("until", "rl")}
+        seen.setdefault(run["name"], config)
     return list(seen.values())
 
 
@@ -289,6 +290,14 @@ RULES: tuple[tuple[str, str, Any, str, float, bool, str], ...] = (
 # fmt: on
 
 
+def _stages_of(configs: Sequence[Mapping[str, Any]], name: str) -> tuple[str, ...]:
+    """The stages configuration ``name`` runs: up to its ``until`` (absent: every stage, as study.json
+    records configurations that run them all)."""
+    until = next((c.get("until", "rl") for c in configs if c["name"] == name), "rl")
+    order = ("pretrain", "midtrain", "rl")
+    return order[: order.index(until) + 1] if until in order else order
+
+
 def default_claims(
     configs: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]] = ()
 ) -> list[Claim]:
@@ -318,6 +327,8 @@ def default_claims(
             if isinstance(metric, str):
                 metric = metric.format(**passes)
             for c in arms[group]:
+                if stage not in _stages_of(configs, c):
+                    continue  # a pre-training-only arm has no mid-training or RL to claim anything of
                 out.append(
                     Claim(
                         text.format(c=c, ce=ce, **labels),
