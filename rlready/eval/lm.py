@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,14 @@ from rlready.rl.rewards import get_reward, hash_answer_reward
 WORLD_REWARD = "arithmetic"  # the reward RL checks the synthetic world's problems with
 
 
+def _window_starts(n_tokens: int, seq_len: int, max_tokens: int, batch_size: int) -> Iterator[list[int]]:
+    """Start offsets of the held-out windows (``seq_len`` inputs and the next token as the last target), in
+    batches: at least one window, at most ``max_tokens`` tokens' worth. Every held-out measurement uses them."""
+    n_windows = max(1, min((n_tokens - 1) // seq_len, max(1, max_tokens // seq_len)))
+    for start in range(0, n_windows, batch_size):
+        yield [r * seq_len for r in range(start, min(start + batch_size, n_windows))]
+
+
 @torch.no_grad()
 def heldout_stats(
     model: Any, tokens: np.ndarray, *, seq_len: int, k: int | float, max_tokens: int, batch_size: int = 16
@@ -35,12 +43,9 @@ def heldout_stats(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    n_windows = max(1, min((len(tokens) - 1) // seq_len, max(1, max_tokens // seq_len)))
-    span = seq_len + 1
     total: LossStats | None = None
-    for start in range(0, n_windows, batch_size):
-        rows = range(start, min(start + batch_size, n_windows))
-        batch = np.stack([tokens[r * seq_len : r * seq_len + span] for r in rows]).astype(np.int64)
+    for starts in _window_starts(len(tokens), seq_len, max_tokens, batch_size):
+        batch = np.stack([tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64)
         x = torch.from_numpy(batch).to(device)
         h = final_hidden_and_head(model, x[:, :-1])
         _, stats = fused_linear_shaped_cross_entropy(
@@ -101,14 +106,10 @@ def entropy_by_kind(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    n_windows = max(1, min((len(tokens) - 1) // seq_len, max(1, max_tokens // seq_len)))
     sums = {1: [0.0, 0], 0: [0.0, 0]}
-    for start in range(0, n_windows, batch_size):
-        rows = range(start, min(start + batch_size, n_windows))
-        x = torch.from_numpy(
-            np.stack([tokens[r * seq_len : r * seq_len + seq_len] for r in rows]).astype(np.int64)
-        )
-        kind = torch.from_numpy(np.stack([kinds[r * seq_len + 1 : r * seq_len + seq_len + 1] for r in rows]))
+    for starts in _window_starts(len(tokens), seq_len, max_tokens, batch_size):
+        x = torch.from_numpy(np.stack([tokens[s : s + seq_len] for s in starts]).astype(np.int64))
+        kind = torch.from_numpy(np.stack([kinds[s + 1 : s + seq_len + 1] for s in starts]))
         h = final_hidden_and_head(model, x.to(device))
         hidden, kind = h.hidden.reshape(-1, h.hidden.shape[-1]), kind.reshape(-1).to(device)
         for lo in range(0, hidden.shape[0], 512):  # 512 rows of logits at a time: bounded memory at any V

@@ -90,15 +90,10 @@ def _progress(value: Any) -> float:
     return progress
 
 
-class ShapedLossFunc:
-    """``(outputs, labels, num_items_in_batch=None) -> loss``: transformers' ``compute_loss_func`` signature.
+class _Scheduled:
+    """``progress`` (fraction of training done) of the wrapped loss module ``self.loss``, checked on the way in."""
 
-    ``progress`` (fraction of training done, in [0, 1]) is where scheduled knobs are evaluated; set it, or let
-    a ``ShapedLossCallback`` set it every step.
-    """
-
-    def __init__(self, beta: Knob, lam_head: Knob, lam_tail: Knob, k: int, ignore_index: int) -> None:
-        self.loss = ShapedCrossEntropy(beta, lam_head, lam_tail, k, ignore_index, reduction="sum")
+    loss: Any
 
     @property
     def progress(self) -> float:
@@ -107,6 +102,17 @@ class ShapedLossFunc:
     @progress.setter
     def progress(self, value: float) -> None:
         self.loss.progress = _progress(value)
+
+
+class ShapedLossFunc(_Scheduled):
+    """``(outputs, labels, num_items_in_batch=None) -> loss``: transformers' ``compute_loss_func`` signature.
+
+    ``progress`` (fraction of training done, in [0, 1]) is where scheduled knobs are evaluated; set it, or let
+    a ``ShapedLossCallback`` set it every step.
+    """
+
+    def __init__(self, beta: Knob, lam_head: Knob, lam_tail: Knob, k: int, ignore_index: int) -> None:
+        self.loss = ShapedCrossEntropy(beta, lam_head, lam_tail, k, ignore_index, reduction="sum")
 
     def __call__(
         self, outputs: Any, labels: torch.Tensor | None, num_items_in_batch: Any = None
@@ -141,7 +147,7 @@ def shaped_loss_func(
     return ShapedLossFunc(beta, lam_head, lam_tail, k, ignore_index)
 
 
-class ShapedLoss:
+class ShapedLoss(_Scheduled):
     """What ``apply_shaped_loss`` installs on a model: the knobs (schedules allowed) at ``progress``."""
 
     def __init__(
@@ -154,14 +160,6 @@ class ShapedLoss:
         self.loss = FusedLinearShapedCrossEntropy(
             beta, lam_head, lam_tail, k, ignore_index, reduction="sum", chunk_size=chunk_size
         )
-
-    @property
-    def progress(self) -> float:
-        return self.loss.progress
-
-    @progress.setter
-    def progress(self, value: float) -> None:
-        self.loss.progress = _progress(value)
 
     @property
     def ignore_index(self) -> int:

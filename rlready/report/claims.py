@@ -294,8 +294,7 @@ def _stages_of(configs: Sequence[Mapping[str, Any]], name: str) -> tuple[str, ..
     """The stages configuration ``name`` runs: up to its ``until`` (absent: every stage, as study.json
     records configurations that run them all)."""
     until = next((c.get("until", "rl") for c in configs if c["name"] == name), "rl")
-    order = ("pretrain", "midtrain", "rl")
-    return order[: order.index(until) + 1] if until in order else order
+    return STAGES[: STAGES.index(until) + 1] if until in STAGES else STAGES
 
 
 def default_claims(
