@@ -25,9 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rlready.config import ConfigError
+from rlready.config import STAGES, ConfigError
 
-STAGES = ("pretrain", "midtrain", "rl")
 DIRECTIONS = ("higher", "lower", "at_least", "within")
 KINDS = ("compare", "gain")
 VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not measured")
