@@ -35,38 +35,25 @@ PAPER_PRESETS = ("dense-1b", "dense-4b", "moe-5b-a0.3b", "moe-10b-a0.5b", "moe-2
 # -- pre-training ----------------------------------------------------------------------------------------
 
 
-def _tiny_pretrain() -> RunConfig:
-    # Arithmetic with one-digit operands and at most two operations: what a ~1M-parameter model learns in
-    # minutes, so that RL starts with a non-zero success rate.
-    return RunConfig(
-        data=DataConfig(
-            seq_len=128,
-            vocab_size=2048,
-            world_chars=4_000_000,
-            reasoning_max_steps=2,
-            reasoning_max_operand=9,
-        ),
-        train=TrainConfig(
-            max_steps=300,
-            batch_size=16,
-            micro_batch=16,
-            lr=3e-3,
-            final_lr=3e-4,
-            warmup_steps=30,
-            checkpoint_every=150,
-            log_every=10,
-            eval_every=0,
-        ),
-        eval=EvalConfig(tokens=32768, knowledge_questions=100, reasoning_problems=32, samples=8, pass_k=4),
-    )
-
-
-def _tiny_moe_pretrain() -> RunConfig:
+def _cpu_pretrain(**train: Any) -> RunConfig:
+    """The CPU presets' pre-training: 300 steps of 16 sequences of 128 tokens, lr 3e-3 after 30 warmup steps,
+    decaying to 3e-4 (docs/method.md §9); ``train`` adds to the ``TrainConfig``."""
     return RunConfig(
         data=DataConfig(seq_len=128, vocab_size=2048),
         train=TrainConfig(
-            max_steps=300, batch_size=16, micro_batch=16, lr=3e-3, final_lr=3e-4, warmup_steps=30
+            max_steps=300, batch_size=16, micro_batch=16, lr=3e-3, final_lr=3e-4, warmup_steps=30, **train
         ),
+    )
+
+
+def _tiny_pretrain() -> RunConfig:
+    # Arithmetic with one-digit operands and at most two operations: what a ~1M-parameter model learns in
+    # minutes, so that RL starts with a non-zero success rate.
+    cpu = _cpu_pretrain(checkpoint_every=150)
+    return replace(
+        cpu,
+        data=replace(cpu.data, world_chars=4_000_000, reasoning_max_steps=2, reasoning_max_operand=9),
+        eval=EvalConfig(tokens=32768, knowledge_questions=100, reasoning_problems=32, samples=8, pass_k=4),
     )
 
 
@@ -103,7 +90,7 @@ def _paper_pretrain() -> RunConfig:
 
 _PRETRAIN: dict[str, Callable[[], RunConfig]] = {
     "tiny": _tiny_pretrain,
-    "tiny-moe": _tiny_moe_pretrain,
+    "tiny-moe": _cpu_pretrain,
     "small": _small_pretrain,
     **dict.fromkeys(PAPER_PRESETS, _paper_pretrain),
 }
@@ -152,22 +139,33 @@ def _midtrain(pre: RunConfig, max_steps: int | None) -> RunConfig:
 # that clip-higher acts (docs/method.md §5.3); verl's DAPO recipe uses 16 at 128 prompts x 16 samples.
 
 
-def _rl_train(**recipe) -> TrainConfig:
-    return TrainConfig(warmup_steps=0, decay_fraction=0.0, weight_decay=0.0, grad_clip=1.0, **recipe)
+def _rl_recipe(
+    max_steps: int, lr: float, checkpoint_every: int, rl: RLConfig, held_out: EvalConfig
+) -> RunConfig:
+    """An RL preset: ``max_steps`` at the constant ``lr``, no warmup, no weight decay, a log line every step;
+    ``held_out`` is sampled as rollouts are (T = 1, no nucleus), so the evaluation scores the policy RL trains."""
+    train = TrainConfig(
+        max_steps=max_steps,
+        lr=lr,
+        final_lr=lr,
+        warmup_steps=0,
+        decay_fraction=0.0,
+        weight_decay=0.0,
+        grad_clip=1.0,
+        checkpoint_every=checkpoint_every,
+        log_every=1,
+    )
+    return RunConfig(train=train, rl=rl, eval=replace(held_out, temperature=1.0, top_p=1.0))
 
 
 def _tiny_rl() -> RunConfig:
-    return RunConfig(
-        train=_rl_train(
-            max_steps=30,
-            # Adam's first updates move every weight by about lr whatever its gradient, which a ~1M-parameter
-            # policy does not survive at pre-training LRs; 2e-5 is the largest rate that still gained in a
-            # sweep (BENCHMARKS.md, "Preset sizing notes").
-            lr=2e-5,
-            final_lr=2e-5,
-            checkpoint_every=10,
-            log_every=1,
-        ),
+    return _rl_recipe(
+        max_steps=30,
+        # Adam's first updates move every weight by about lr whatever its gradient, which a ~1M-parameter
+        # policy does not survive at pre-training LRs; 2e-5 is the largest rate that still gained in a sweep
+        # (BENCHMARKS.md, "Preset sizing notes").
+        lr=2e-5,
+        checkpoint_every=10,
         # Problems of at most two steps with one-digit operands, as in pre-/mid-training.
         rl=RLConfig(
             prompts_per_step=8,
@@ -181,11 +179,9 @@ def _tiny_rl() -> RunConfig:
             task_max_steps=2,
             task_max_operand=9,
         ),
-        # 32 samples per problem at the paper's RL sampling (T = 1, no nucleus): Avg@32 and a Pass@k curve up
-        # to k = 32 (docs/method.md §7); mid-training's evaluation copies these settings.
-        eval=EvalConfig(
-            reasoning_problems=64, samples=32, pass_k=32, max_new_tokens=32, temperature=1.0, top_p=1.0
-        ),
+        # 32 samples per problem: Avg@32 and a Pass@k curve up to k = 32 (docs/method.md §7); mid-training's
+        # evaluation copies these settings.
+        held_out=EvalConfig(reasoning_problems=64, samples=32, pass_k=32, max_new_tokens=32),
     )
 
 
@@ -201,8 +197,10 @@ def _small_rl() -> RunConfig:
 
 def _paper_rl() -> RunConfig:
     # The paper's recipe: 128 prompts x 16 samples, lr 1e-6, 1000 steps, 8K responses; Avg@128 / Pass@64.
-    return RunConfig(
-        train=_rl_train(max_steps=1000, lr=1e-6, final_lr=1e-6, checkpoint_every=50, log_every=1),
+    return _rl_recipe(
+        max_steps=1000,
+        lr=1e-6,
+        checkpoint_every=50,
         rl=RLConfig(
             prompts_per_step=128,
             group_size=16,
@@ -212,14 +210,7 @@ def _paper_rl() -> RunConfig:
             eval_every=100,
             backend="vllm",
         ),
-        eval=EvalConfig(
-            reasoning_problems=128,
-            samples=128,
-            pass_k=64,
-            max_new_tokens=8192,
-            temperature=1.0,
-            top_p=1.0,
-        ),
+        held_out=EvalConfig(reasoning_problems=128, samples=128, pass_k=64, max_new_tokens=8192),
     )
 
 

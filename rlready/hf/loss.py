@@ -205,6 +205,42 @@ def _accepts_fused_lm_head(forward: Any) -> bool:
     return code is not None and "fused_lm_head" in code.co_varnames
 
 
+def _loss_call(target: Any, signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple | None:
+    """A call of the patched forward split for the shaped loss: ``(decoder arguments, labels, shift_labels,
+    num_items_in_batch)``, or None for a call without labels, which the original forward answers."""
+    try:
+        bound = signature.bind_partial(*args, **kwargs)
+    except TypeError as err:
+        raise TypeError(f"{type(target).__name__}.forward (shaped loss): {err}") from None
+    arguments = dict(bound.arguments)
+    var_keyword = next(
+        (p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD), None
+    )
+    arguments.update(arguments.pop(var_keyword, None) or {})
+    labels, shift_labels = arguments.pop("labels", None), arguments.pop("shift_labels", None)
+    if labels is None and shift_labels is None:
+        return None
+    if arguments.pop("fused_lm_head", False):
+        raise ValueError(
+            "TRL's fused LM head asks for per-token log-probabilities, and its trainer computes its own "
+            "cross-entropy from them; the shaped loss cannot supply that: pass "
+            "compute_loss_func=shaped_loss_func(...) to the trainer instead of patching the model"
+        )
+    num_items_in_batch = arguments.pop("num_items_in_batch", None)
+    logits_to_keep = arguments.pop("logits_to_keep", None)
+    if logits_to_keep not in (None, 0):
+        raise ValueError("the shaped loss scores every position; logits_to_keep must be 0 with labels")
+    arguments.pop("return_dict", None)  # a ModelOutput either way
+    # None means "the default" to the model's forward; leaving it out lets the decoder apply its own. The
+    # cache setting goes to the decoder as the model's forward passes it (its default when not given): with
+    # the cache off, recent transformers read non-increasing position_ids as packed sequences and mask
+    # attention between them, so the setting changes the hidden states.
+    if "use_cache" in signature.parameters and "use_cache" not in arguments:
+        arguments["use_cache"] = signature.parameters["use_cache"].default
+    arguments = {name: value for name, value in arguments.items() if value is not None or name == "use_cache"}
+    return arguments, labels, shift_labels, num_items_in_batch
+
+
 def apply_shaped_loss(
     model: Any,
     beta: Knob = 0.0,
@@ -239,9 +275,6 @@ def apply_shaped_loss(
     state = ShapedLoss(beta, lam_head, lam_tail, k, ignore_index, chunk_size)
     original = target.forward
     signature = inspect.signature(original)
-    var_keyword = next(
-        (p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD), None
-    )
     inside = [0]  # calls of the patched forward in progress: the decoder runs legitimately within them
 
     def guard(decoder: torch.nn.Module, _args: Any) -> None:
@@ -261,35 +294,10 @@ def apply_shaped_loss(
             inside[0] -= 1
 
     def patched(*args: Any, **kwargs: Any) -> Any:
-        try:
-            bound = signature.bind_partial(*args, **kwargs)
-        except TypeError as err:
-            raise TypeError(f"{type(target).__name__}.forward (shaped loss): {err}") from None
-        arguments = dict(bound.arguments)
-        arguments.update(arguments.pop(var_keyword, None) or {})
-        labels, shift_labels = arguments.pop("labels", None), arguments.pop("shift_labels", None)
-        if labels is None and shift_labels is None:
+        call = _loss_call(target, signature, args, kwargs)
+        if call is None:
             return original(*args, **kwargs)
-        if arguments.pop("fused_lm_head", False):
-            raise ValueError(
-                "TRL's fused LM head asks for per-token log-probabilities, and its trainer computes its own "
-                "cross-entropy from them; the shaped loss cannot supply that: pass "
-                "compute_loss_func=shaped_loss_func(...) to the trainer instead of patching the model"
-            )
-        num_items_in_batch = arguments.pop("num_items_in_batch", None)
-        logits_to_keep = arguments.pop("logits_to_keep", None)
-        if logits_to_keep not in (None, 0):
-            raise ValueError("the shaped loss scores every position; logits_to_keep must be 0 with labels")
-        arguments.pop("return_dict", None)  # a ModelOutput either way
-        # None means "the default" to the model's forward; leaving it out lets the decoder apply its own. The
-        # cache setting goes to the decoder as the model's forward passes it (its default when not given): with
-        # the cache off, recent transformers read non-increasing position_ids as packed sequences and mask
-        # attention between them, so the setting changes the hidden states.
-        if "use_cache" in signature.parameters and "use_cache" not in arguments:
-            arguments["use_cache"] = signature.parameters["use_cache"].default
-        arguments = {
-            name: value for name, value in arguments.items() if value is not None or name == "use_cache"
-        }
+        arguments, labels, shift_labels, num_items_in_batch = call
         input_ids = arguments.pop("input_ids", None)
         attention_mask = arguments.pop("attention_mask", None)
         head = final_hidden_and_head(target, input_ids, attention_mask, **arguments)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 from .schemes import TokenWeighting
 
@@ -50,7 +50,10 @@ class Constant:
 
 
 @dataclass(frozen=True)
-class Linear:
+class _Ramp:
+    """From ``start`` at progress 0 to ``end`` at progress 1; ``kind`` names the shape in its text form."""
+
+    kind: ClassVar[str]
     start: float
     end: float
     text: str | None = field(default=None, compare=False, repr=False)
@@ -58,34 +61,30 @@ class Linear:
     def __post_init__(self) -> None:
         object.__setattr__(self, "start", _finite("start", self.start))
         object.__setattr__(self, "end", _finite("end", self.end))
+
+    def __str__(self) -> str:
+        return self.text if self.text is not None else f"{self.kind}:{self.start!r}:{self.end!r}"
+
+
+@dataclass(frozen=True)
+class Linear(_Ramp):
+    kind = "linear"
 
     def __call__(self, progress: float) -> float:
         return self.start + (self.end - self.start) * _clamp(progress)
 
-    def __str__(self) -> str:
-        return self.text if self.text is not None else f"linear:{self.start!r}:{self.end!r}"
-
 
 @dataclass(frozen=True)
-class Cosine:
+class Cosine(_Ramp):
     """Half-cosine from ``start`` at progress 0 to ``end`` at progress 1."""
 
-    start: float
-    end: float
-    text: str | None = field(default=None, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "start", _finite("start", self.start))
-        object.__setattr__(self, "end", _finite("end", self.end))
+    kind = "cosine"
 
     def __call__(self, progress: float) -> float:
         return self.end + (self.start - self.end) * (1.0 + math.cos(math.pi * _clamp(progress))) / 2.0
 
-    def __str__(self) -> str:
-        return self.text if self.text is not None else f"cosine:{self.start!r}:{self.end!r}"
 
-
-_KINDS = {"linear": Linear, "cosine": Cosine}
+_KINDS = {shape.kind: shape for shape in (Linear, Cosine)}
 SCHEDULES = (Constant, Linear, Cosine)
 
 
