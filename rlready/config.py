@@ -237,7 +237,7 @@ class RLConfig:
     ``train``; held-out Avg@k / Cons@k / Pass@k settings from ``eval``."""
 
     data: str | None = None  # GSM8K/MATH-style JSONL; None: the synthetic world's reasoning problems
-    reward: str = "arithmetic"  # arithmetic | gsm8k | math (rlready.rl.rewards registry)
+    reward: str = "arithmetic"  # arithmetic | gsm8k | math (rlready.rl.rewards registry) | MODULE:FUNCTION
     train_problems: int = 4096  # size of the synthetic prompt pool
     task_max_steps: int = 3  # difficulty of the synthetic tasks (ReasoningConfig.max_steps / max_operand)
     task_max_operand: int = 20
@@ -320,13 +320,19 @@ class RLConfig:
             raise ConfigError(f"rl.entropy_drop must be in (0, 1), got {self.entropy_drop}")
         if self.backend not in ("cached", "hf", "vllm"):
             raise ConfigError(f"rl.backend must be cached, hf or vllm, got {self.backend!r}")
-        from rlready.rl.rewards import available_rewards
+        from rlready.rl.rewards import available_rewards, get_reward
 
-        if self.reward not in available_rewards():
+        if ":" in self.reward:  # a user's verifier, MODULE:FUNCTION
+            try:
+                get_reward(self.reward)
+            except ValueError as err:
+                raise ConfigError(f"rl.reward: {err}") from None
+        elif self.reward not in available_rewards():
             raise ConfigError(
-                f"rl.reward must be one of {', '.join(available_rewards())}, got {self.reward!r}"
+                f"rl.reward must be one of {', '.join(available_rewards())} or MODULE:FUNCTION, "
+                f"got {self.reward!r}"
             )
-        if self.data is None and self.reward != "arithmetic":
+        elif self.data is None and self.reward != "arithmetic":
             raise ConfigError(
                 f"rl.reward {self.reward!r} needs rl.data (a JSONL file); the synthetic tasks use arithmetic"
             )

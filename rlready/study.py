@@ -4,7 +4,7 @@ For every configuration and seed: pre-train -> mid-train -> RL, each stage a ``r
 its own run directory (so every stage resumes, or is skipped when finished, exactly like a hand-run stage),
 then ``summary.json`` and ``report.md`` with figures. Independent configurations run in parallel processes
 when cores allow, with the cores split between them. ``--launcher`` (e.g. ``torchrun --nproc_per_node 8``)
-starts the pre- and mid-training stages as several processes each, for GPU nodes.
+starts every stage as several processes, for GPU nodes.
 
 Layout::
 
@@ -164,9 +164,9 @@ class Job:
     def command(
         self, stage: str, preset: str, extra: list[str], launcher: list[str] | None = None
     ) -> list[str]:
-        """The stage's command line; ``launcher`` (e.g. ``torchrun --nproc_per_node 8``) starts the LM stages,
-        whose processes then share the global batch. RL runs in one process (its rollouts scale with vLLM)."""
-        start = launcher if launcher and stage != "rl" else [sys.executable]
+        """The stage's command line; ``launcher`` (e.g. ``torchrun --nproc_per_node 8``) starts it as several
+        processes, which share the global batch (LM stages) or the step's prompt groups (RL)."""
+        start = launcher or [sys.executable]
         cmd = [
             *start,
             "-m",

@@ -16,7 +16,7 @@ from rlready.config import EvalConfig
 from rlready.eval.reasoning import InProcessScorer, evaluate_reasoning
 from rlready.metrics import paired_gain
 from rlready.rl.rewards import get_reward
-from rlready.rl.rollout import Completion
+from rlready.rl.rollout import Completion, stream_seed
 from rlready.rl.tasks import Task
 
 
@@ -26,8 +26,8 @@ class FixedSampler:
     def __init__(self, texts: dict[str, list[str]]) -> None:
         self.texts, self.calls = texts, []
 
-    def generate(self, prompts, n, max_new_tokens, temperature, top_p=1.0):
-        self.calls.append((list(prompts), n, max_new_tokens, temperature, top_p, torch.initial_seed()))
+    def generate(self, prompts, n, max_new_tokens, temperature, top_p=1.0, seeds=None):
+        self.calls.append((list(prompts), n, max_new_tokens, temperature, top_p, list(seeds)))
         return [[Completion([], [], t, False) for t in self.texts[p][:n]] for p in prompts]
 
 
@@ -76,7 +76,9 @@ def test_metrics_match_hand_computation() -> None:
         assert got[key] == pytest.approx(value, abs=1e-12), key
     # One call with every prompt, the settings, a tiny temperature for 0, and the seed; the caller's RNG
     # is left as it was.
-    assert sampler.calls == [(["a", "b"], 4, 7, 1e-5, 0.9, 11)]
+    # Each problem samples from its own stream, named by the seed and the problem's number.
+    seeds = [stream_seed("eval", 11, 0), stream_seed("eval", 11, 1)]
+    assert sampler.calls == [(["a", "b"], 4, 7, 1e-5, 0.9, seeds)] and seeds[0] != seeds[1]
     assert torch.equal(torch.get_rng_state(), rng_before)
     with pytest.raises(ValueError, match="no problems"):
         evaluate_reasoning(sampler, InProcessScorer(operator.eq), [], ec, seed=0, reward="arithmetic")
@@ -120,6 +122,50 @@ def test_pass_curve_at_every_power_of_two_against_subset_enumeration() -> None:
     assert (got["avg@k"], got["cons@k"], got["pass@k"]) == (got["avg@6"], got["cons@6"], got["pass@3"])
 
 
+class _Gathered(Exception):
+    pass
+
+
+class _Shard:
+    """Process ``rank`` of ``world_size`` in one process: its gather records its part; once every process's
+    part is recorded it returns them all, before that it stops the evaluation (``_Gathered``)."""
+
+    def __init__(self, rank: int, world_size: int, parts: dict[int, object]) -> None:
+        self.rank, self.world_size, self.parts = rank, world_size, parts
+
+    def all_gather_object(self, obj):
+        self.parts[self.rank] = obj
+        if len(self.parts) < self.world_size:
+            raise _Gathered
+        return [self.parts[r] for r in range(self.world_size)]
+
+
+def test_problems_split_across_processes_give_the_one_process_numbers() -> None:
+    """Three processes each sample and score every third problem (from the problem's own stream) and gather:
+    each process's result equals one process's, and each problem was sampled once, by its own process."""
+    texts = {p: [f"#### {(i * j) % 4}" for j in range(4)] for i, p in enumerate("abcdefg")}
+    tasks = [Task(p, str(i % 4)) for i, p in enumerate(texts)]
+    ec = EvalConfig(samples=4, pass_k=2, temperature=1.0, top_p=1.0, max_new_tokens=4)
+    scorer = InProcessScorer(get_reward("arithmetic"))
+    one = FixedSampler(texts)
+    want = evaluate_reasoning(one, scorer, tasks, ec, seed=3, reward="arithmetic")
+    parts: dict[int, object] = {}
+    samplers = [FixedSampler(texts) for _ in range(3)]
+    for rank in (2, 1):  # the last process to gather sees every part: run it last
+        with pytest.raises(_Gathered):
+            evaluate_reasoning(
+                samplers[rank], scorer, tasks, ec, seed=3, reward="arithmetic", shard=_Shard(rank, 3, parts)
+            )
+    got = evaluate_reasoning(
+        samplers[0], scorer, tasks, ec, seed=3, reward="arithmetic", shard=_Shard(0, 3, parts)
+    )
+    assert got == want and len(set(want["avg@k_per_problem"])) > 1
+    for rank, sampler in enumerate(samplers):
+        ((prompts, *_, seeds),) = sampler.calls
+        assert prompts == list("abcdefg")[rank::3]
+        assert seeds == [stream_seed("eval", 3, i) for i in range(rank, 7, 3)]
+
+
 def test_in_process_scorer_counts_failed_rewards_as_wrong() -> None:
     scorer = InProcessScorer(get_reward("arithmetic"))  # a gold answer that is not a number raises
     assert scorer.score(["#### 1", "#### 1", "#### 2"], ["1", "x", "1"]) == ([1.0, 0.0, 0.0], 1)
@@ -131,7 +177,7 @@ def test_in_process_scorer_counts_failed_rewards_as_wrong() -> None:
 # -- the mid-trained model's evaluation is RL's initial evaluation -----------------------------------------
 
 _EVAL = [
-    ("eval.reasoning_problems", "3"),
+    ("eval.reasoning_problems", "5"),
     ("eval.samples", "4"),
     ("eval.pass_k", "2"),
     ("eval.max_new_tokens", "6"),
@@ -170,7 +216,7 @@ def test_mid_training_and_rl_initial_evaluations_agree(
     from rlready.rl.rollout import make_backend
     from rlready.rl.scoring import RewardScorer
     from rlready.rl.tasks import load_tasks
-    from rlready.train import rl
+    from rlready.train import dist, rl
     from rlready.train.lm import load_or_build_model, world_config
 
     # An untrained model never writes a right "#### n"; a lexicographic reward (picklable, for the spawned
@@ -195,7 +241,7 @@ def test_mid_training_and_rl_initial_evaluations_agree(
     sampler = make_backend(backend, policy, rl_tok, model_dir=str(final), gen_batch=rl_cfg.rl.gen_batch)
     torch.manual_seed(2)
     with RewardScorer(rewards.get_reward(rl_cfg.rl.reward), rl_cfg.rl.reward_timeout_s) as scorer:
-        initial = rl.evaluate(sampler, scorer, held, rl_cfg, rl_cfg.seed + 1)
+        initial = rl.evaluate(sampler, scorer, held, rl_cfg, dist.init())
 
     assert "reasoning" in mid  # greedy accuracy: the LM stages' own curve
     assert {key: v for key, v in mid.items() if key != "reasoning"} == initial

@@ -171,3 +171,20 @@ def test_reward_workers_do_not_import_torch() -> None:
     # Spawned workers import rlready.rl.rewards to unpickle their reward; torch would add ~1 s per start.
     code = "import sys, rlready.rl.rewards; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_users_reward_by_module_and_function() -> None:
+    import operator
+
+    from rlready import recipes
+    from rlready.config import ConfigError
+
+    assert get_reward("operator:lt") is operator.lt
+    for name, why in [("no_such_module_xyz:f", "cannot be imported"), ("operator:nope", "cannot be imported"),
+                      ("operator:__doc__", "not a function")]:  # fmt: skip
+        with pytest.raises(ValueError, match=why):
+            get_reward(name)
+        with pytest.raises(ConfigError, match="rl.reward"):
+            recipes.resolve("rl", "tiny", overrides=[("rl.reward", name)])
+    # A user's reward works on the synthetic tasks too (registered ones other than arithmetic need rl.data).
+    assert recipes.resolve("rl", "tiny", overrides=[("rl.reward", "operator:lt")]).rl.reward == "operator:lt"

@@ -116,3 +116,40 @@ def test_backend_names(model_and_tokenizer) -> None:
         make_backend("nope", model, tok, model_dir="", gen_batch=8)
     with pytest.raises(ValueError, match="gen_batch"):
         CachedSampler(model, tok, gen_batch=0)
+
+
+@pytest.mark.parametrize("backend", [CachedSampler, HFRollout])
+def test_a_seeded_group_samples_the_same_in_any_batch(model_and_tokenizer, backend) -> None:
+    """With per-prompt seeds a group's samples depend on its seed only: alone, in a batch with other prompts
+    in another order, or split over calls of another size, it draws the same tokens (the split of a step
+    across processes relies on it), and torch's global RNG is left as it was."""
+    model, tok = model_and_tokenizer
+    seeds = {p: 1000 + i for i, p in enumerate(PROMPTS)}
+    ids = lambda groups: [[c.ids for c in g] for g in groups]  # noqa: E731
+    state = torch.get_rng_state()
+    together = backend(model, tok, gen_batch=64).generate(
+        PROMPTS, 4, 10, 1.0, seeds=[seeds[p] for p in PROMPTS]
+    )
+    assert torch.equal(torch.get_rng_state(), state)
+    order = PROMPTS[::-1]
+    reordered = backend(model, tok, gen_batch=8).generate(order, 4, 10, 1.0, seeds=[seeds[p] for p in order])
+    assert ids(reordered)[::-1] == ids(together)
+    alone = [backend(model, tok).generate([p], 4, 10, 1.0, seeds=[seeds[p]])[0] for p in PROMPTS]
+    assert ids(alone) == ids(together)
+    # Another seed draws other samples; the four samples of a group differ from one another.
+    other = backend(model, tok).generate(PROMPTS[:1], 4, 10, 1.0, seeds=[7])
+    assert ids(other)[0] != ids(together)[0] and len({tuple(c) for c in ids(together)[0]}) > 1
+    with pytest.raises(ValueError, match="one per prompt"):
+        backend(model, tok).generate(PROMPTS, 2, 4, 1.0, seeds=[1])
+
+
+def test_stream_seeds_are_stable_and_distinct() -> None:
+    from rlready.rl.rollout import stream_seed
+
+    assert stream_seed("rl", 0, 3, 1) == stream_seed("rl", 0, 3, 1)
+    names = [("rl", s, t, g) for s in range(3) for t in range(3) for g in range(3)] + [
+        ("eval", 0, 0),
+        ("eval", 0, 1),
+    ]
+    seeds = [stream_seed(*n) for n in names]
+    assert len(set(seeds)) == len(seeds) and all(0 <= s < 2**63 for s in seeds)

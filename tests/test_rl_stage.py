@@ -3,11 +3,11 @@ a full run with its metrics and eval.json, exact resume from a checkpoint, and b
 
 from __future__ import annotations
 
-import contextlib
 import json
 import operator
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -83,6 +83,14 @@ def _seq_logprob(model, prompt, response) -> float:
     return float(logp[0, len(prompt) - 1 :].sum().detach())
 
 
+def _update(model, optimizer, groups, cfg):
+    """One process's GRPO update, as the RL stage makes it (pad and EOS id 0)."""
+    from rlready.train import dist
+
+    tok = SimpleNamespace(pad_token_id=0, eos_token_id=0)
+    return rl._Updater(cfg, dist.init(), model, model, optimizer, tok)(groups)
+
+
 @pytest.mark.parametrize("minibatches", [1, 2])
 def test_update_moves_policy_toward_rewarded_responses(tiny_model: Path, minibatches: int) -> None:
     from rlready.train.lm import make_optimizer
@@ -101,7 +109,7 @@ def test_update_moves_policy_toward_rewarded_responses(tiny_model: Path, minibat
         for p, g, b in zip(prompts, good, bad, strict=True)
     ]
     w0 = [p.detach().clone() for p in model.parameters()]
-    stats = rl._update(model, opt, groups, cfg, pad_id=0, autocast=contextlib.nullcontext)
+    stats = _update(model, opt, groups, cfg)
     assert stats is not None and stats["updates"] == minibatches
     assert any(not torch.equal(a, b) for a, b in zip(w0, model.parameters(), strict=True))
     with torch.no_grad():
@@ -127,7 +135,7 @@ def test_update_skips_zero_variance_and_fully_masked(tiny_model: Path) -> None:
     cfg.rl.mask_truncated = True
     opt = make_optimizer(model, cfg)
     g = _group([20, 21], [[40, 41], [50]], [1.0, 0.0], truncated=[True, True])
-    assert rl._update(model, opt, [g], cfg, pad_id=0, autocast=contextlib.nullcontext) is None
+    assert _update(model, opt, [g], cfg) is None
 
 
 class _FakeBackend:
@@ -136,7 +144,7 @@ class _FakeBackend:
     def __init__(self) -> None:
         self.calls = 0
 
-    def generate(self, prompts, n, max_new_tokens, temperature, top_p=1.0):
+    def generate(self, prompts, n, max_new_tokens, temperature, top_p=1.0, seeds=None):
         self.calls += 1
         return [
             [Completion([1], [2] * (i + 1), f"#### {i}", i == max_new_tokens) for i in range(n)]
@@ -166,17 +174,17 @@ def test_dynamic_sampling_wiring() -> None:
     backend = _FakeBackend()
 
     def round_(_missing):
-        return rl.rollout_round(backend, _FakeScorer(), stream.take(2), cfg.rl)[0]
+        return rl.rollout_round(backend, _FakeScorer(), stream.take(2), cfg.rl, [0, 1])[0]
 
     batch = collect_informative_groups(round_, 2, max_rounds=10, tol=cfg.rl.std_tol)
     assert len(batch.groups) == 2 and not batch.capped
     assert all(g.task.answer == "vary" for g in batch.groups)
     assert batch.rounds == backend.calls and batch.dropped_zero_variance == 2 * batch.rounds - 2
-    groups, failures = rl.rollout_round(backend, _FakeScorer(), [Task("x", "vary")], cfg.rl)
+    groups, failures = rl.rollout_round(backend, _FakeScorer(), [Task("x", "vary")], cfg.rl, [0])
     assert failures == 1 and groups[0].correct == [1.0, 0.0, 0.0]
     # the overlong penalty is added to the reward only when enabled
     cfg.rl.overlong_buffer = 2
-    groups, _ = rl.rollout_round(backend, _FakeScorer(), [Task("x", "vary")], cfg.rl)
+    groups, _ = rl.rollout_round(backend, _FakeScorer(), [Task("x", "vary")], cfg.rl, [0])
     assert groups[0].rewards == pytest.approx([1.0, -0.5, -1.0])
 
 

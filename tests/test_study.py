@@ -128,12 +128,11 @@ def test_job_commands_chain_the_stages(tmp_path: Path) -> None:
     )
 
 
-def test_a_launcher_starts_the_lm_stages_and_rl_runs_in_one_process(tmp_path: Path) -> None:
+def test_a_launcher_starts_every_stage(tmp_path: Path) -> None:
     job = Job(StudyConfig("CE"), 0, tmp_path / "CE-s0")
     launcher = ["/bin/torchrun", "--nproc_per_node", "8"]
-    for stage in ("pretrain", "midtrain"):
+    for stage in ("pretrain", "midtrain", "rl"):
         assert job.command(stage, "tiny", [], launcher)[:6] == [*launcher, "-m", "rlready.cli", stage]
-    assert job.command("rl", "tiny", [], launcher)[:4] == [sys.executable, "-m", "rlready.cli", "rl"]
     assert job.command("pretrain", "tiny", [])[:4] == [sys.executable, "-m", "rlready.cli", "pretrain"]
 
 

@@ -9,6 +9,9 @@ Registered rewards:
   * ``gsm8k``: the same check for GSM8K-style data (read by :func:`rlready.rl.tasks.load_jsonl`);
   * ``math``: MATH-style ``\\boxed{}`` answers, checked with math-verify.
 
+A user's verifier is named ``MODULE:FUNCTION`` (e.g. ``my_rewards:exact``): an importable module-level
+``(completion, answer) -> float``, used wherever a registered name is (answers in the ``####`` format).
+
 Answers are extracted by :mod:`rlready.rl.answers`. :func:`overlong_penalty` is DAPO's length term,
 added to a verifier's reward by the trainer.
 """
@@ -52,11 +55,28 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
 
 
 def get_reward(name: str) -> RewardFn:
-    """The reward registered under ``name``."""
+    """The reward registered under ``name``, or the function ``MODULE:FUNCTION`` names."""
+    if ":" in name:
+        return _import_reward(name)
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown reward {name!r}; available: {', '.join(available_rewards())}") from None
+        raise ValueError(
+            f"unknown reward {name!r}; available: {', '.join(available_rewards())} or MODULE:FUNCTION"
+        ) from None
+
+
+def _import_reward(name: str) -> RewardFn:
+    import importlib
+
+    module_name, _, attr = name.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"reward {name!r} cannot be imported ({err})") from None
+    if not callable(fn):
+        raise ValueError(f"reward {name!r} is not a function")
+    return fn
 
 
 def available_rewards() -> list[str]:

@@ -1,7 +1,7 @@
 """Rollouts for RL: ``n`` sampled completions per prompt, as token ids and text, behind a small interface.
 
-``RolloutBackend.generate(prompts, n, max_new_tokens, temperature)`` is all the trainer needs, so the
-sampler can be swapped without touching the stage:
+``RolloutBackend.generate(prompts, n, max_new_tokens, temperature, seeds=...)`` is all the trainer needs, so
+the sampler can be swapped without touching the stage:
 
 - ``HFRollout`` (default): ``transformers`` ``generate`` with its KV cache, batched with left padding, each
   sequence stopping at EOS (a batch ends once all its sequences have). Works on CPU and GPU.
@@ -10,6 +10,12 @@ sampler can be swapped without touching the stage:
   (``--rl.backend vllm``); the policy's weights are pushed into the engine before every rollout round.
   It cannot run on the CPU-only test machine, so it is not covered by the tests.
 
+Random streams: with ``seeds`` (one per prompt, see :func:`stream_seed`) each prompt's group of ``n`` samples
+draws from its own generator, so what a group samples depends on its seed and the weights only, not on which
+other prompts share its batch, how many processes split a step, or what was sampled before (up to the
+floating-point rounding of logits computed in batches of another shape). Without ``seeds`` every sample comes
+from torch's global generator.
+
 The log-probabilities used for the PPO ratio are *not* taken from the sampler: the trainer recomputes them
 with the same forward pass it trains with, so the ratio is exactly 1 before the first update (samplers in
 other precisions or kernels would otherwise bias it).
@@ -17,14 +23,31 @@ other precisions or kernels would otherwise bias it).
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
-__all__ = ["CachedSampler", "Completion", "HFRollout", "RolloutBackend", "VLLMRollout", "make_backend"]
+__all__ = [
+    "CachedSampler",
+    "Completion",
+    "HFRollout",
+    "RolloutBackend",
+    "VLLMRollout",
+    "make_backend",
+    "stream_seed",
+]
+
+
+def stream_seed(*parts: object) -> int:
+    """A 63-bit seed for the random stream named by ``parts`` (e.g. ``("rl", seed, step, group)``): unrelated
+    streams for any two names, the same stream for the same name in every process."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 @dataclass(frozen=True)
@@ -40,9 +63,16 @@ class Completion:
 
 class RolloutBackend(Protocol):
     def generate(
-        self, prompts: Sequence[str], n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0
+        self,
+        prompts: Sequence[str],
+        n: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        """``n`` completions for every prompt, in prompt order (``top_p`` < 1: nucleus sampling)."""
+        """``n`` completions for every prompt, in prompt order (``top_p`` < 1: nucleus sampling; ``seeds``:
+        each prompt's random stream, see the module doc)."""
         ...
 
     def sync_weights(self, model: Any) -> None:
@@ -72,12 +102,23 @@ class HFRollout:
     def sync_weights(self, model: Any) -> None:
         self.model = model
 
+    # ``generate`` draws a whole batch from one generator, so with per-prompt seeds it samples a group per call.
+    _groups_per_seeded_call: int | None = 1
+
     @torch.no_grad()
     def generate(
-        self, prompts: Sequence[str], n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0
+        self,
+        prompts: Sequence[str],
+        n: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         if n < 1 or max_new_tokens < 1:
             raise ValueError(f"generate: n and max_new_tokens must be >= 1, got {n}, {max_new_tokens}")
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"generate: {len(seeds)} seeds for {len(prompts)} prompts; give one per prompt")
         tok, model = self.tokenizer, self.model
         was_training = model.training
         model.eval()
@@ -85,10 +126,18 @@ class HFRollout:
         tok.padding_side = "left"
         out: list[list[Completion]] = []
         per_call = max(1, self.gen_batch // n)
+        if seeds is not None and self._groups_per_seeded_call is not None:
+            per_call = self._groups_per_seeded_call
         for start in range(0, len(prompts), per_call):
             enc = tok(list(prompts[start : start + per_call]), return_tensors="pt", padding=True).to(device)
             rows = self._sample(
-                enc["input_ids"], enc["attention_mask"], n, max_new_tokens, temperature, top_p
+                enc["input_ids"],
+                enc["attention_mask"],
+                n,
+                max_new_tokens,
+                temperature,
+                top_p,
+                None if seeds is None else seeds[start : start + per_call],
             )
             for i, prompt_row in enumerate(enc["input_ids"].tolist()):
                 mask = enc["attention_mask"][i].tolist()
@@ -102,10 +151,24 @@ class HFRollout:
         model.train(was_training)
         return out
 
-    def _sample(self, ids, attn, n, max_new_tokens, temperature, top_p) -> list[tuple[list[int], bool]]:
+    def _sample(
+        self, ids, attn, n, max_new_tokens, temperature, top_p, seeds
+    ) -> list[tuple[list[int], bool]]:
         """``n`` rows per prompt of ``(completion ids up to and including EOS, truncated)``."""
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        if seeds is None:
+            return self._generate(ids, attn, n, max_new_tokens, temperature, top_p, eos, pad)
+        devices = [ids.device] if ids.device.type == "cuda" else []
+        with torch.random.fork_rng(
+            devices=devices
+        ):  # the group's own stream; the global one is left as it was
+            torch.manual_seed(seeds[0])
+            return self._generate(ids, attn, n, max_new_tokens, temperature, top_p, eos, pad)
+
+    def _generate(
+        self, ids, attn, n, max_new_tokens, temperature, top_p, eos, pad
+    ) -> list[tuple[list[int], bool]]:
         gen = self.model.generate(
             input_ids=ids,
             attention_mask=attn,
@@ -129,6 +192,18 @@ def _filter_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs).scatter_(-1, order, sorted_p / sorted_p.sum(-1, keepdim=True))
 
 
+def _draw(probs: torch.Tensor, group: torch.Tensor, gens: list[torch.Generator] | None) -> torch.Tensor:
+    """One token per row of ``probs``; with ``gens``, the rows of group ``g`` (contiguous, in ``group``'s
+    order) draw from ``gens[g]``, so a group's tokens do not depend on the other rows of the batch."""
+    if gens is None:
+        return torch.multinomial(probs, 1).squeeze(-1)
+    ids, counts = torch.unique_consecutive(group, return_counts=True)
+    parts = probs.split(counts.tolist())
+    return torch.cat(
+        [torch.multinomial(p, 1, generator=gens[g]) for p, g in zip(parts, ids.tolist(), strict=True)]
+    ).squeeze(-1)
+
+
 class CachedSampler(HFRollout):
     """A lean sampling loop on the model's KV cache, measured faster than ``generate`` on small models
     (``benchmarks/bench_rollout.py``), where per-step overhead dominates:
@@ -143,7 +218,11 @@ class CachedSampler(HFRollout):
     ``temperature=0`` is greedy and then matches ``generate(do_sample=False)`` token for token (tested).
     """
 
-    def _sample(self, ids, attn, n, max_new_tokens, temperature, top_p) -> list[tuple[list[int], bool]]:
+    _groups_per_seeded_call = None  # draws each group's tokens from its own generator (``_draw``)
+
+    def _sample(
+        self, ids, attn, n, max_new_tokens, temperature, top_p, seeds
+    ) -> list[tuple[list[int], bool]]:
         model = self.model
         device = ids.device
         eos = self.tokenizer.eos_token_id
@@ -157,6 +236,7 @@ class CachedSampler(HFRollout):
         attn = attn.repeat_interleave(n, dim=0)
         pos = pos[:, -1].repeat_interleave(n, dim=0)
         alive = torch.arange(logits.shape[0], device=device)  # original row of each batch row
+        gens = None if seeds is None else [torch.Generator(device).manual_seed(int(s)) for s in seeds]
         tokens: list[list[int]] = [[] for _ in range(logits.shape[0])]
         done = [False] * logits.shape[0]
         for step in range(max_new_tokens):
@@ -166,7 +246,7 @@ class CachedSampler(HFRollout):
                 probs = torch.softmax(logits / temperature, dim=-1)
                 if top_p < 1.0:
                     probs = _filter_top_p(probs, top_p)
-                nxt = torch.multinomial(probs, 1).squeeze(-1)
+                nxt = _draw(probs, alive // n, gens)
             finished = nxt == eos
             for row, t, f in zip(alive.tolist(), nxt.tolist(), finished.tolist(), strict=True):
                 tokens[row].append(t)
@@ -197,6 +277,7 @@ class VLLMRollout:
 
     The engine holds its own copy of the weights, so ``sync_weights`` loads the policy's current state
     dict into it before each rollout round (vLLM's ``model.load_weights`` accepts Hugging Face names).
+    Under ``torchrun`` each process samples its share of a step on its own GPU.
     """
 
     def __init__(self, model_dir: str, tokenizer: Any, *, gpu_memory_utilization: float = 0.4) -> None:
@@ -205,8 +286,14 @@ class VLLMRollout:
         except ImportError:
             raise ValueError("rl.backend vllm needs the vllm package (pip install vllm; CUDA only)") from None
         self.tokenizer = tokenizer
+        # Under torchrun every process runs its own engine on its own GPU (data parallel, as TRL's colocated
+        # mode does): vLLM's external launcher joins the process group torchrun set up instead of spawning.
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.llm = LLM(
-            model=model_dir, gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True
+            model=model_dir,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_prefix_caching=True,
+            **({"distributed_executor_backend": "external_launcher"} if launched else {}),
         )
 
     def sync_weights(self, model: Any) -> None:
@@ -214,14 +301,26 @@ class VLLMRollout:
         engine_model.load_weights(model.state_dict().items())
 
     def generate(
-        self, prompts: Sequence[str], n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0
+        self,
+        prompts: Sequence[str],
+        n: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         from vllm import SamplingParams
 
-        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
+        def params(seed: int | None) -> Any:
+            return SamplingParams(
+                n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed
+            )
+
+        # vLLM seeds each request's sampling on its own: one request per prompt group.
+        per_prompt = params(None) if seeds is None else [params(int(s)) for s in seeds]
         eos = self.tokenizer.eos_token_id
         out = []
-        for result in self.llm.generate(list(prompts), params, use_tqdm=False):
+        for result in self.llm.generate(list(prompts), per_prompt, use_tqdm=False):
             group = []
             for o in result.outputs:
                 ids = list(o.token_ids)

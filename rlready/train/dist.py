@@ -31,6 +31,14 @@ class Dist:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every process's (picklable) ``obj``, in rank order."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        tdist.all_gather_object(out, obj)
+        return out
+
 
 def init() -> Dist:
     """Join the ``torchrun`` process group (gloo on CPU, NCCL on GPU) when launched by it."""
@@ -112,6 +120,18 @@ def full_model_state(model: nn.Module, d: Dist, *, fsdp: bool) -> dict[str, torc
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def replicate_weights(model: nn.Module, copy: nn.Module) -> None:
+    """Copy the whole weights of the FSDP-sharded ``model`` into ``copy``, an unsharded model of the same
+    architecture on every process (collective). One parameter at a time is gathered, copied (cast to the
+    copy's dtype) and freed, so the peak is one whole tensor, not a whole fp32 model."""
+    from torch.distributed.tensor import DTensor
+
+    target = dict(copy.named_parameters())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            target[name].copy_(param.full_tensor() if isinstance(param, DTensor) else param)
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, d: Dist, *, fsdp: bool) -> dict:

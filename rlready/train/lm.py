@@ -28,7 +28,7 @@ from rlready.errors import TrainingError
 from rlready.losses import TokenWeighting, fused_linear_shaped_cross_entropy
 from rlready.train import checkpoint, dist, loop
 from rlready.train.loop import StopFlag
-from rlready.train.rundir import RunLock, check_run_dir, claim, write_json
+from rlready.train.rundir import RunLock, check_run_dir, write_json
 from rlready.train.schedule import wsd_lr
 
 # -- data -------------------------------------------------------------------------------------------------
@@ -231,21 +231,7 @@ def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
 
 def run(cfg: RunConfig, out: Path, *, overwrite: bool = False) -> dict[str, Any]:
     """Train (or resume, or skip when finished) one pre-/mid-training run in ``out``; returns eval.json."""
-    from transformers.utils import logging as hf_logging
-
-    # transformers draws its own bars for loading and saving weights; they would break the one-line error
-    # contract on stderr and interleave with the stage's progress, which already says where the run is.
-    hf_logging.disable_progress_bar()
-    with StopFlag() as stop:
-        d = dist.init()
-        try:
-            setup = _setup(cfg, out, d, overwrite)
-            if isinstance(setup, dict):  # finished earlier: its evaluation
-                return setup
-            with setup.lock or contextlib.nullcontext():
-                return _train(cfg, out, d, setup, stop)
-        finally:
-            dist.close(d)
+    return loop.run_stage(cfg, out, overwrite, _setup, _train)
 
 
 @dataclass
@@ -283,24 +269,14 @@ def _setup(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> _Setup |
     model_device = dist.model_device(d, fsdp=cfg.train.fsdp)
     inputs = check_inputs(cfg, model_device)
     data = load_data(cfg, out if state == "resume" else None, d, inputs)
-    lock, error = None, None
-    if d.is_main:
-        try:
-            lock = claim(out, cfg, overwrite=overwrite)
-            if lock is not None and data.trained_tokenizer:
-                from rlready.data.tokenizer import save_tokenizer
 
-                save_tokenizer(data.tokenizer, out / "tokenizer", model_max_length=cfg.data.seq_len)
-        except (ConfigError, OSError) as err:
-            if lock is not None:
-                lock.release()
-            if not d.enabled:
-                raise
-            lock, error = None, str(err)
-    # Rank 0's outcome for every rank, so that a refused --out ends every process with the same message.
-    error, finished = dist.broadcast_object((error, d.is_main and lock is None and error is None), d)
-    if error is not None:
-        raise ConfigError(error)
+    def save_tokenizer() -> None:
+        if data.trained_tokenizer:
+            from rlready.data.tokenizer import save_tokenizer
+
+            save_tokenizer(data.tokenizer, out / "tokenizer", model_max_length=cfg.data.seq_len)
+
+    lock, finished = loop.claim_on_main(out, cfg, d, overwrite=overwrite, then=save_tokenizer)
     if finished:  # another process finished this run while the inputs were read
         return json.loads((out / "eval.json").read_text())
     return _Setup(inputs, data, model_device, lock)

@@ -14,9 +14,11 @@ from typing import Any
 
 import torch
 
-from rlready.config import RunConfig
+from rlready.config import ConfigError, RunConfig
 from rlready.errors import Interrupted, interrupted
+from rlready.train import dist
 from rlready.train.logger import RunLogger
+from rlready.train.rundir import RunLock, claim
 
 
 class StopFlag:
@@ -141,3 +143,54 @@ def run_logger(cfg: RunConfig, out: Path, start_step: int, enabled: bool = True)
 def clip_grad(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
     """The gradient's global norm, clipped to ``train.grad_clip`` (0: measured only)."""
     return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else float("inf"))
+
+
+def claim_on_main(
+    out: Path, cfg: RunConfig, d: dist.Dist, *, overwrite: bool, then: Callable[[], None] | None = None
+) -> tuple[RunLock | None, bool]:
+    """Rank 0 claims ``out`` (:func:`rlready.train.rundir.claim`) and, once it holds it, calls ``then`` (e.g. to
+    save the tokenizer); every rank gets the outcome: rank 0's lock (None elsewhere) and whether another process
+    finished the run meanwhile. A refused ``--out`` ends every process with rank 0's message."""
+    lock, error = None, None
+    if d.is_main:
+        try:
+            lock = claim(out, cfg, overwrite=overwrite)
+            if lock is not None and then is not None:
+                then()
+        except (ConfigError, OSError) as err:
+            if lock is not None:
+                lock.release()
+            if not d.enabled:
+                raise
+            lock, error = None, str(err)
+    error, finished = dist.broadcast_object((error, d.is_main and lock is None and error is None), d)
+    if error is not None:
+        raise ConfigError(error)
+    return lock, finished
+
+
+def run_stage(
+    cfg: RunConfig,
+    out: Path,
+    overwrite: bool,
+    setup: Callable[[RunConfig, Path, dist.Dist, bool], Any],
+    train: Callable[[RunConfig, Path, dist.Dist, Any, StopFlag], dict[str, Any]],
+) -> dict[str, Any]:
+    """A stage's life: signals handled from the start, the process group joined, ``setup`` (inputs checked,
+    ``--out`` claimed; a dict when the run had already finished: its eval.json), then ``train`` under the
+    run's lock (held by rank 0), and the process group left however it ends."""
+    from transformers.utils import logging as hf_logging
+
+    # transformers draws its own bars for loading and saving weights; they would break the one-line error
+    # contract on stderr and interleave with the stage's progress, which already says where the run is.
+    hf_logging.disable_progress_bar()
+    with StopFlag() as stop:
+        d = dist.init()
+        try:
+            ready = setup(cfg, out, d, overwrite)
+            if isinstance(ready, dict):
+                return ready
+            with ready.lock or contextlib.nullcontext():
+                return train(cfg, out, d, ready, stop)
+        finally:
+            dist.close(d)

@@ -17,8 +17,15 @@ reference model; clip-higher (``eps_low`` 0.2, ``eps_high`` 0.28) instead of a s
 loss aggregation instead of a per-sequence mean; dynamic sampling of informative groups (DAPO); constant
 LR. The default of 4 mini-batch updates per rollout batch makes updates 2..4 slightly off-policy so that
 the ratio leaves 1 and the clip acts (``rl.minibatches 1`` is strictly on-policy, where it never does).
-Runs in one process (``torchrun`` with several processes is refused): rollouts dominate the cost, and the
-GPU path for them is the vLLM backend.
+Under ``torchrun`` (N processes) every process takes the same prompts from the stream and samples and scores
+every N-th group; the groups are gathered, so dynamic sampling keeps the first ``rl.prompts_per_step``
+informative groups of the whole step, as one process would. Each group samples from its own random stream
+(seed, step, group index: ``rlready.rl.rollout.stream_seed``), so the split does not change what is sampled.
+The update splits each mini-batch's sequences across the processes, and the token-level loss divides by the
+mini-batch's global token count, so N processes take one process's update (DDP or FSDP2, ``train.fsdp``, as
+in the LM stages). Under FSDP the rollout backend samples from a whole copy of the weights on each process,
+refreshed before each use: sampling runs a different number of forward passes on each process, which a
+sharded model, whose forward is a collective, cannot.
 
 This module is the trainer; its pieces live in ``rlready.rl``: tasks and the prompt stream (``tasks``), answer
 extraction (``answers``), rewards, rollouts, dynamic sampling, advantages, the loss, and the packed batch and
@@ -39,19 +46,19 @@ import torch
 from torch import nn
 
 from rlready.config import ConfigError, RunConfig
-from rlready.eval.reasoning import evaluate_reasoning
+from rlready.eval.reasoning import eval_seed, evaluate_reasoning
 from rlready.metrics import paired_gain
 from rlready.rl.advantages import group_advantages
 from rlready.rl.batch import Group, pack, token_logprobs
 from rlready.rl.loss import policy_loss
 from rlready.rl.rewards import overlong_penalty
-from rlready.rl.rollout import RolloutBackend, make_backend
+from rlready.rl.rollout import RolloutBackend, make_backend, stream_seed
 from rlready.rl.sampling import collect_informative_groups
 from rlready.rl.tasks import PromptStream, Task, load_tasks
 from rlready.train import checkpoint, dist, loop
 from rlready.train.lm import load_or_build_model, make_optimizer
 from rlready.train.loop import StopFlag
-from rlready.train.rundir import RunLock, check_run_dir, claim, write_json
+from rlready.train.rundir import RunLock, check_run_dir, write_json
 
 # -- rollouts -----------------------------------------------------------------------------------------------
 
@@ -63,10 +70,15 @@ def entropy_collapsed(history: Sequence[float], drop: float) -> bool:
 
 
 def rollout_round(
-    backend: RolloutBackend, scorer: Any, tasks: Sequence[Task], rc: Any
+    backend: RolloutBackend, scorer: Any, tasks: Sequence[Task], rc: Any, seeds: Sequence[int]
 ) -> tuple[list[Group], int]:
-    """Sample and score ``rl.group_size`` responses per task; returns the groups and the failed rewards."""
-    outs = backend.generate([t.prompt for t in tasks], rc.group_size, rc.max_new_tokens, rc.temperature)
+    """Sample (task i from the random stream ``seeds[i]``) and score ``rl.group_size`` responses per task;
+    returns the groups and the failed rewards."""
+    if not tasks:  # a process with no share of a round smaller than the process count
+        return [], 0
+    outs = backend.generate(
+        [t.prompt for t in tasks], rc.group_size, rc.max_new_tokens, rc.temperature, seeds=seeds
+    )
     texts = [c.text for g in outs for c in g]
     scores, failures = scorer.score(texts, [t.answer for t in tasks for _ in range(rc.group_size)])
     groups = []
@@ -83,40 +95,26 @@ def rollout_round(
 # -- evaluation ---------------------------------------------------------------------------------------------
 
 
-def evaluate(backend: RolloutBackend, scorer: Any, tasks: Sequence[Task], cfg: RunConfig, seed: int) -> dict:
+def evaluate(
+    backend: RolloutBackend, scorer: Any, tasks: Sequence[Task], cfg: RunConfig, d: dist.Dist
+) -> dict:
     """Avg@k, Cons@k, Pass@k and per-problem Avg@n of ``eval.samples`` samples per held-out task
     (docs/method.md §7), measured by the evaluator the LM stages use
-    (:func:`rlready.eval.reasoning.evaluate_reasoning`): with the same weights, problems, settings and seed,
-    ``initial`` equals the mid-trained model's numbers.
-
-    Sampling runs under a forked, fixed-seed RNG: the same weights give the same numbers, and the rollout
-    RNG of training is left untouched (so evaluating does not change what training samples).
-    """
-    return evaluate_reasoning(backend, scorer, tasks, cfg.eval, seed=seed, reward=cfg.rl.reward)
+    (:func:`rlready.eval.reasoning.evaluate_reasoning`, problems split across the processes): with the same
+    weights, problems, settings and seed, ``initial`` equals the mid-trained model's numbers. Each problem
+    samples from its own random stream, so the same weights give the same numbers."""
+    return evaluate_reasoning(
+        backend, scorer, tasks, cfg.eval, seed=eval_seed(cfg.seed), reward=cfg.rl.reward, shard=d
+    )
 
 
 # -- the run ------------------------------------------------------------------------------------------------
 
 
 def run(cfg: RunConfig, out: Path, *, overwrite: bool = False) -> dict[str, Any]:
-    """Train (or resume, or skip when finished) one RL run in ``out``; returns eval.json."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # as in the LM stages: one-line errors, the stage's own progress
-    with StopFlag() as stop:
-        d = dist.init()
-        try:
-            if d.enabled:
-                raise ConfigError(
-                    "rlready rl runs in one process; use --rl.backend vllm for fast GPU rollouts"
-                )
-            setup = _setup(cfg, out, d, overwrite)
-            if isinstance(setup, dict):  # finished earlier: its evaluation
-                return setup
-            with setup.lock:
-                return _train(cfg, out, d, setup, stop)
-        finally:
-            dist.close(d)
+    """Train (or resume, or skip when finished) one RL run in ``out``; returns eval.json (rank 0's; ``{}`` on
+    the other processes)."""
+    return loop.run_stage(cfg, out, overwrite, _setup, _train)
 
 
 @dataclass
@@ -124,9 +122,9 @@ class _Setup:
     train_tasks: list[Task]
     eval_tasks: list[Task]
     tok: Any
-    model: nn.Module
+    model: nn.Module  # whole on every process, or (FSDP) on rank 0 and a meta skeleton elsewhere
     reward: Any
-    lock: RunLock
+    lock: RunLock | None  # held by rank 0 for the run's lifetime
 
 
 def _setup(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> _Setup | dict[str, Any]:
@@ -142,9 +140,9 @@ def _setup(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> _Setup |
     train_tasks, eval_tasks = load_tasks(cfg)
     tok = load_tokenizer(cfg.data.tokenizer or cfg.model.init)
     reward = get_reward(cfg.rl.reward)
-    model = load_or_build_model(cfg, tok, d.device)
-    lock = claim(out, cfg, overwrite=overwrite)
-    if lock is None:  # another process finished this run while the inputs were read
+    model = load_or_build_model(cfg, tok, dist.model_device(d, fsdp=cfg.train.fsdp))
+    lock, finished = loop.claim_on_main(out, cfg, d, overwrite=overwrite)
+    if finished:  # another process finished this run while the inputs were read
         return json.loads((out / "eval.json").read_text())
     return _Setup(train_tasks, eval_tasks, tok, model, reward, lock)
 
@@ -154,59 +152,123 @@ def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFla
     from rlready.rl.rewards import RewardScorer
 
     rc, tc, model, tok = cfg.rl, cfg.train, setup.model, setup.tok
-    model.train()
-    optimizer = make_optimizer(model, cfg)
+    warn = loop.warner(d.is_main)
+    ckpt = _resume(out, d, model, warn)
+    wrapped = dist.wrap(model, d, fsdp=tc.fsdp)
+    optimizer = make_optimizer(model, cfg)  # after wrapping: FSDP2 replaces the parameters with shards
     for group in optimizer.param_groups:
         group["lr"] = tc.lr  # constant learning rate (docs/method.md §6)
-    backend = make_backend(rc.backend, model, tok, model_dir=cfg.model.init, gen_batch=rc.gen_batch)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    stream, warn = PromptStream(setup.train_tasks, cfg.seed), loop.warner(True)
-    autocast = loop.autocast(tc.autocast, d.device)
-    ckpt = checkpoint.load_latest(out / "checkpoints", warn, require=("samples", *_RLState.KEYS))
-    state = _RLState()
+    sampler = _Sampler(cfg, d, model, tok)
+    stream, state = PromptStream(setup.train_tasks, cfg.seed), _RLState()
+    if ckpt is not None:
+        dist.load_optimizer_state(
+            model, optimizer, lambda: checkpoint.read_optimizer_state(ckpt), d, fsdp=tc.fsdp
+        )
+        stream.load_state_dict(ckpt.state["prompts"])
+        state.load(ckpt)
     policy = loop.CheckpointPolicy(
-        cfg, out / "checkpoints", lambda at: _save(cfg, out, model, optimizer, at, state, stream)
+        cfg, out / "checkpoints", lambda at: _save(cfg, out, d, model, optimizer, at, state, stream)
     )
+    step_update = _Updater(cfg, d, wrapped, model, optimizer, tok)
     # The logger is closed and the reward workers ended however the run ends, signals included.
     with contextlib.ExitStack() as ends:
         logger = ends.enter_context(
-            contextlib.closing(loop.run_logger(cfg, out, 0 if ckpt is None else ckpt.step))
+            contextlib.closing(loop.run_logger(cfg, out, state.step, enabled=d.is_main))
         )
+        if d.enabled:
+            logger.info(
+                f"{d.world_size} processes ({'FSDP2' if tc.fsdp else 'DDP'}), groups split across them"
+            )
         stop.phase = "the start of the reward workers"
         with stop.held():  # a worker cut off while it starts would print a traceback into the terminal
             scorer = ends.enter_context(
                 RewardScorer(setup.reward, rc.reward_timeout_s, num_workers=rc.reward_workers)
             )
         stop.phase = "the initial evaluation"
-        initial = _initial_eval(out, backend, scorer, setup.eval_tasks, cfg, logger)
-        torch.manual_seed(cfg.seed)  # the rollout RNG (HF generate samples from torch's global generator)
+        initial = _initial_eval(out, sampler, scorer, setup.eval_tasks, cfg, d, logger)
         if ckpt is not None:
-            checkpoint.restore(ckpt, model, optimizer)  # also the torch/python/numpy RNG states
-            stream.load_state_dict(ckpt.state["prompts"])
-            state.load(ckpt)
             logger.info(f"resuming from {ckpt.path.name} (step {state.step})")
         stop.phase = "training"
         with stop.deferred():
             while state.step < tc.max_steps:
                 t0 = time.perf_counter()
-                backend.sync_weights(model)
-                batch, rollout = _rollouts(backend, scorer, stream, rc, warn, state.step)
-                record = {"lr": tc.lr, **rollout}
-                stats = (
-                    _update(model, optimizer, batch.groups, cfg, pad_id, autocast) if batch.groups else None
-                )
+                batch, record = _rollouts(sampler.synced(), scorer, stream, cfg, d, warn, state.step)
+                record["lr"] = tc.lr
+                stats = step_update(batch.groups) if batch.groups else None
                 record.update(state.advance(record.pop("n_samples"), stats, rc, warn))
                 if rc.eval_every and state.step % rc.eval_every == 0 and state.step < tc.max_steps:
-                    ev = evaluate(backend, scorer, setup.eval_tasks, cfg, cfg.seed + 1)
+                    ev = evaluate(sampler.synced(), scorer, setup.eval_tasks, cfg, d)
                     record.update({f"eval_{k}": ev[k] for k in ("avg@k", "cons@k", "pass@k")})
                 record["step_s"] = time.perf_counter() - t0
                 if tc.log_every and (state.step % tc.log_every == 0 or state.step == tc.max_steps):
                     logger.log(state.step, record)
-                policy.maybe_save(state.step, stop=stop.signum is not None)
+                policy.maybe_save(state.step, stop=dist.broadcast_flag(stop.signum is not None, d))
         stop.phase = "the final evaluation and export"
-        backend.sync_weights(model)
-        final = evaluate(backend, scorer, setup.eval_tasks, cfg, cfg.seed + 1)
-    return _finish(out, model, tok, state, final, initial, cfg.rl.max_new_tokens)
+        final = evaluate(sampler.synced(), scorer, setup.eval_tasks, cfg, d)
+    whole = _whole_policy(cfg, d, model, sampler)
+    if whole is None:
+        return {}
+    return _finish(out, whole, tok, state, final, initial, cfg.rl.max_new_tokens)
+
+
+class _Sampler:
+    """The rollout backend on the policy's current weights (``synced()`` before each use).
+
+    Under FSDP it samples from a whole, unsharded copy on each process (the policy's forward is a collective
+    that every process must run in step, and processes sample different numbers of tokens), as the colocated
+    rollouts of verl and TRL hold one; otherwise from the policy itself."""
+
+    def __init__(self, cfg: RunConfig, d: dist.Dist, model: nn.Module, tok: Any) -> None:
+        from rlready.models import build_model
+
+        self.model, self.sharded = model, cfg.train.fsdp and d.enabled
+        self.copy = model
+        if self.sharded:
+            # bf16 on a GPU (sampling runs under bf16 autocast there anyway); the weights' dtype elsewhere.
+            bf16 = cfg.model.dtype == "bfloat16" or d.device.type == "cuda"
+            dtype = torch.bfloat16 if bf16 else torch.float32
+            self.copy = build_model(model.config, dtype=dtype, device=d.device)
+        rc = cfg.rl
+        self.backend = make_backend(
+            rc.backend, self.copy, tok, model_dir=cfg.model.init, gen_batch=rc.gen_batch
+        )
+
+    def synced(self) -> RolloutBackend:
+        if self.sharded:
+            dist.replicate_weights(self.model, self.copy)
+        self.backend.sync_weights(self.copy)
+        return self.backend
+
+
+def _whole_policy(cfg: RunConfig, d: dist.Dist, model: nn.Module, sampler: _Sampler) -> nn.Module | None:
+    """The policy, whole and in its weights' dtype, on rank 0 (None elsewhere); under FSDP gathered from the
+    shards (collective) into a model on CPU, since the rollout copy may be bf16."""
+    if not sampler.sharded:
+        return model if d.is_main else None
+    from rlready.models import build_model
+
+    state = dist.full_model_state(model, d, fsdp=True)
+    if not d.is_main:
+        return None
+    dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
+    whole = build_model(model.config, dtype=dtype, device="cpu")
+    whole.load_state_dict(state)
+    whole.generation_config = model.generation_config
+    return whole
+
+
+def _resume(out: Path, d: dist.Dist, model: nn.Module, warn: Any) -> checkpoint.Checkpoint | None:
+    """The newest good checkpoint (verified by rank 0, which tells the others), its weights restored into the
+    whole model (every process's, or rank 0's under FSDP, which shards them in ``wrap``)."""
+    found = (
+        checkpoint.load_latest(out / "checkpoints", warn, require=("samples", *_RLState.KEYS))
+        if d.is_main
+        else None
+    )
+    ckpt = dist.broadcast_object(found, d)
+    if ckpt is not None:
+        checkpoint.restore(ckpt, None if next(model.parameters()).device.type == "meta" else model, None)
+    return ckpt
 
 
 class _RLState:
@@ -240,31 +302,44 @@ class _RLState:
         return record
 
 
-def _initial_eval(out: Path, backend, scorer, tasks, cfg: RunConfig, logger) -> dict[str, Any]:
+def _initial_eval(
+    out: Path, sampler: _Sampler, scorer, tasks, cfg: RunConfig, d: dist.Dist, logger
+) -> dict[str, Any]:
     """The policy's held-out numbers before RL, measured once (a resumed run reads them back)."""
     path = out / "eval_initial.json"
-    if path.is_file():
+    if dist.broadcast_flag(path.is_file(), d):
         initial = json.loads(path.read_text())
     else:
-        initial = evaluate(backend, scorer, tasks, cfg, cfg.seed + 1)
-        write_json(path, initial)
+        initial = evaluate(sampler.synced(), scorer, tasks, cfg, d)
+        if d.is_main:
+            write_json(path, initial)
     logger.info(f"initial avg@k={initial['avg@k']:.4f} pass@k={initial['pass@k']:.4f}")
     return initial
 
 
 def _rollouts(
-    backend, scorer, stream: PromptStream, rc: Any, warn: Any, step: int
+    backend, scorer, stream: PromptStream, cfg: RunConfig, d: dist.Dist, warn: Any, step: int
 ) -> tuple[Any, dict[str, Any]]:
-    """One step's rollouts with dynamic sampling, and their record fields."""
-    t0 = time.perf_counter()
+    """One step's rollouts with dynamic sampling over the whole step, and their record fields.
+
+    Every process takes the same prompts; process r samples and scores groups r, r + N, ... of each round, each
+    from its own stream (the run's seed, the step, the group's index in the step); the gathered groups are the
+    ones one process would have sampled, in the same order."""
+    rc, t0 = cfg.rl, time.perf_counter()
     seen: list[Group] = []
     fails = [0]
 
     def generate_round(_missing: int) -> list[Group]:
-        groups, n_failed = rollout_round(backend, scorer, stream.take(rc.prompts_per_step), rc)
-        seen.extend(groups)
-        fails[0] += n_failed
-        return groups
+        tasks = stream.take(rc.prompts_per_step)
+        mine = list(range(d.rank, len(tasks), d.world_size))
+        seeds = [stream_seed("rl", cfg.seed, step, len(seen) + i) for i in mine]
+        groups, n_failed = rollout_round(backend, scorer, [tasks[i] for i in mine], rc, seeds)
+        parts = d.all_gather_object((dict(zip(mine, groups, strict=True)), n_failed))
+        by_index = {i: g for part, _ in parts for i, g in part.items()}
+        ordered = [by_index[i] for i in range(len(tasks))]
+        seen.extend(ordered)
+        fails[0] += sum(n for _, n in parts)
+        return ordered
 
     batch = collect_informative_groups(generate_round, rc.prompts_per_step, rc.max_rounds, rc.std_tol)
     comps = [c for g in seen for c in g.completions]
@@ -290,21 +365,33 @@ def _rollouts(
 
 
 def _save(
-    cfg: RunConfig, out: Path, model, optimizer, step: int, state: _RLState, stream: PromptStream
+    cfg: RunConfig,
+    out: Path,
+    d: dist.Dist,
+    model,
+    optimizer,
+    step: int,
+    state: _RLState,
+    stream: PromptStream,
 ) -> None:
-    checkpoint.save(
-        out / "checkpoints",
-        step,
-        model_state=model.state_dict(),
-        optimizer_state=optimizer.state_dict(),
-        state={
-            "samples": state.samples,
-            "prompts": stream.state_dict(),
-            "entropy_history": state.entropy_hist,
-            "collapsed": state.collapsed,
-        },
-        keep=cfg.train.keep_checkpoints,
-    )
+    # Whole model and optimizer state on rank 0 (under FSDP every process takes part in gathering them).
+    model_state = dist.full_model_state(model, d, fsdp=cfg.train.fsdp)
+    optimizer_state = dist.full_optimizer_state(model, optimizer, d, fsdp=cfg.train.fsdp)
+    if d.is_main:
+        checkpoint.save(
+            out / "checkpoints",
+            step,
+            model_state=model_state,
+            optimizer_state=optimizer_state,
+            state={
+                "samples": state.samples,
+                "prompts": stream.state_dict(),
+                "entropy_history": state.entropy_hist,
+                "collapsed": state.collapsed,
+            },
+            keep=cfg.train.keep_checkpoints,
+        )
+    dist.barrier(d)
 
 
 def _finish(
@@ -326,59 +413,86 @@ def _finish(
     return result
 
 
-def _update(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    groups: list[Group],
-    cfg: RunConfig,
-    pad_id: int,
-    autocast,
-) -> dict[str, float] | None:
-    """GRPO updates on one rollout batch: ``rl.minibatches`` optimizer steps, token-level mean in each."""
-    rc = cfg.rl
-    adv, _ = group_advantages(
-        torch.tensor([g.rewards for g in groups], dtype=torch.float32), rc.adv_eps, rc.std_tol
-    )
-    adv = adv.reshape(-1)
-    ids, attn, mask = pack(groups, pad_id, rc.mask_truncated)
-    device = next(model.parameters()).device
-    ids, attn, mask, adv = ids.to(device), attn.to(device), mask.to(device), adv.to(device)
-    rows = torch.arange(ids.shape[0], device=device)
-    with torch.no_grad(), autocast():  # the sampling policy's log-probs: ratio exactly 1 at the first update
-        old = torch.cat(
-            [token_logprobs(model, ids[r], attn[r], rc.temperature)[0] for r in rows.split(rc.micro_batch)]
+class _Updater:
+    """GRPO updates on one rollout batch: ``rl.minibatches`` optimizer steps, token-level mean in each.
+
+    Every process holds the whole batch and takes its contiguous share of each mini-batch's sequences; all run
+    the same number of micro-batches (a process whose share is used up runs a zero-weighted one, since under
+    DDP and FSDP every process must join each forward and backward). A process's loss is its tokens' sum over
+    the mini-batch's global token count, times N because DDP/FSDP average the gradients of N processes: the
+    update is one process's."""
+
+    def __init__(
+        self, cfg: RunConfig, d: dist.Dist, wrapped: nn.Module, model: nn.Module, optimizer, tok
+    ) -> None:
+        self.cfg, self.d, self.wrapped, self.model, self.optimizer = cfg, d, wrapped, model, optimizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.autocast = loop.autocast(cfg.train.autocast, d.device)
+
+    def _chunks(self, mb: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
+        """This process's micro-batches of mini-batch ``mb`` (rows), as ``(rows, real)``; as many on every process."""
+        micro, shares = self.cfg.rl.micro_batch, mb.tensor_split(self.d.world_size)
+        n = -(-len(shares[0]) // micro)  # tensor_split gives the first share the most rows
+        mine = list(shares[self.d.rank].split(micro)) if len(shares[self.d.rank]) else []
+        return [(rows, True) for rows in mine] + [(mb[:1], False)] * (n - len(mine))
+
+    def __call__(self, groups: list[Group]) -> dict[str, float] | None:
+        rc, d = self.cfg.rl, self.d
+        adv, _ = group_advantages(
+            torch.tensor([g.rewards for g in groups], dtype=torch.float32), rc.adv_eps, rc.std_tol
         )
-    totals = {"loss": 0.0, "entropy": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "approx_kl": 0.0}
-    n_tok_all, updates, grad_norm = 0, 0, 0.0
-    # Mini-batches are whole prompt groups, in order (the group order is already a random draw).
-    for mb_groups in torch.arange(len(groups)).tensor_split(rc.minibatches):
-        if len(mb_groups) == 0:
-            continue  # a capped batch with fewer groups than mini-batches
-        mb = torch.cat([torch.arange(g * rc.group_size, (g + 1) * rc.group_size) for g in mb_groups.tolist()])
-        n_tok = int(mask[mb].sum())
-        if n_tok == 0:
-            continue  # every response of this mini-batch was truncated and masked out
-        for r in mb.split(rc.micro_batch):
-            with autocast():
-                logp, ent = token_logprobs(model, ids[r], attn[r], rc.temperature)
-                loss, stats = policy_loss(
-                    logp, old[r], adv[r], mask[r], rc.eps_low, rc.eps_high, num_tokens=n_tok
-                )
-            loss.backward()
-            k = int(mask[r].sum())
-            totals["loss"] += float(loss.detach()) * n_tok
-            totals["entropy"] += float(ent[mask[r]].sum())
-            for name in ("clip_frac_low", "clip_frac_high", "approx_kl"):
-                totals[name] += float(stats[name]) * k
-        grad_norm += float(loop.clip_grad(model, cfg.train.grad_clip))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        n_tok_all += n_tok
-        updates += 1
-    if updates == 0:
-        return None
-    return {
-        **{k: v / n_tok_all for k, v in totals.items()},
-        "grad_norm": grad_norm / updates,
-        "updates": updates,
-    }
+        ids, attn, mask = (t.to(d.device) for t in pack(groups, self.pad_id, rc.mask_truncated))
+        adv = adv.reshape(-1).to(d.device)
+        # Mini-batches are whole prompt groups, in order (the group order is already a random draw).
+        size = rc.group_size
+        minibatches = [
+            torch.cat([torch.arange(g * size, (g + 1) * size) for g in part.tolist()])
+            for part in torch.arange(len(groups)).tensor_split(rc.minibatches)
+            if len(part)  # a capped batch may have fewer groups than mini-batches
+        ]
+        chunks = [self._chunks(mb) for mb in minibatches]
+        old = torch.zeros(mask.shape, dtype=torch.float32, device=d.device)
+        with torch.no_grad(), self.autocast():  # the sampling policy's log-probs: ratio exactly 1 at first
+            for rows, real in (c for mb_chunks in chunks for c in mb_chunks):
+                logp = token_logprobs(self.wrapped, ids[rows], attn[rows], rc.temperature)[0]
+                if real:
+                    old[rows] = logp
+        # Summed over tokens: loss, entropy, clip_frac_low, clip_frac_high, approx_kl.
+        totals = torch.zeros(5, dtype=torch.float64)
+        n_tok_all, updates, grad_norm = 0, 0, 0.0
+        for mb, mb_chunks in zip(minibatches, chunks, strict=True):
+            n_tok = int(mask[mb].sum())
+            if n_tok == 0:
+                continue  # every response of this mini-batch was truncated and masked out
+            for i, (rows, real) in enumerate(mb_chunks):
+                sync = i == len(mb_chunks) - 1 or not d.enabled or self.cfg.train.fsdp
+                with contextlib.nullcontext() if sync else self.wrapped.no_sync():
+                    with self.autocast():
+                        logp, ent = token_logprobs(self.wrapped, ids[rows], attn[rows], rc.temperature)
+                        loss, stats = policy_loss(
+                            logp, old[rows], adv[rows], mask[rows], rc.eps_low, rc.eps_high, num_tokens=n_tok
+                        )
+                    (loss * (d.world_size if real else 0.0)).backward()
+                if real:
+                    k = int(mask[rows].sum())
+                    totals += torch.tensor(
+                        [float(loss.detach()) * n_tok, float(ent[mask[rows]].sum())]
+                        + [
+                            float(stats[name]) * k
+                            for name in ("clip_frac_low", "clip_frac_high", "approx_kl")
+                        ],
+                        dtype=torch.float64,
+                    )
+            grad_norm += float(loop.clip_grad(self.model, self.cfg.train.grad_clip))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            n_tok_all, updates = n_tok_all + n_tok, updates + 1
+        if updates == 0:
+            return None
+        totals = dist.all_reduce_sum(totals, d) / n_tok_all
+        names = ("loss", "entropy", "clip_frac_low", "clip_frac_high", "approx_kl")
+        return {
+            **dict(zip(names, totals.tolist(), strict=True)),
+            "grad_norm": grad_norm / updates,
+            "updates": updates,
+        }
