@@ -2,8 +2,11 @@
 
     python -m benchmarks.bench_rollout [--quick]
 
-The RL sampler (``CachedSampler``), the ``hf`` backend and plain ``generate`` sample ``n`` completions for each of the same prompts (synthetic reasoning problems) from the same
-tiny model at temperature 1.0 with the same ``max_new_tokens``; variants interleaved, medians reported.
+The RL sampler (``CachedSampler``), the ``hf`` backend and plain ``generate`` sample ``n`` completions for each of
+the same prompts (synthetic reasoning problems) from the same tiny model at temperature 1.0 with the same
+``max_new_tokens``; variants interleaved, medians reported. Both backends run as RL runs them, each group from
+its own random stream (``seeds``), and with one stream for the whole batch, which shows what the per-group
+streams cost (the ``hf`` backend then runs greedy search over a logits processor that draws the tokens).
 Generated tokens count each completion up to and including its EOS.
 """
 
@@ -49,13 +52,14 @@ def main(argv: list[str] | None = None) -> dict:
     eos = tok.eos_token_id
     cached, hf = CachedSampler(model, tok, gen_batch=256), HFRollout(model, tok, gen_batch=256)
 
-    def ours() -> int:
-        groups = cached.generate(prompts, n, max_new, 1.0)
-        return sum(len(c.ids) for g in groups for c in g)
+    seeds = list(range(len(prompts)))
 
-    def hf_backend() -> int:
-        groups = hf.generate(prompts, n, max_new, 1.0)
-        return sum(len(c.ids) for g in groups for c in g)
+    def run(sampler, seeded: bool):
+        def fn() -> int:
+            groups = sampler.generate(prompts, n, max_new, 1.0, seeds=seeds if seeded else None)
+            return sum(len(c.ids) for g in groups for c in g)
+
+        return fn
 
     @torch.no_grad()
     def plain() -> int:
@@ -79,7 +83,13 @@ def main(argv: list[str] | None = None) -> dict:
         return count
 
     reps = 3 if args.quick else 7
-    variants = (("sampler", ours), ("hf backend", hf_backend), ("model.generate", plain))
+    variants = (
+        ("sampler", run(cached, True)),
+        ("sampler, one stream", run(cached, False)),
+        ("hf backend", run(hf, True)),
+        ("hf backend, one stream", run(hf, False)),
+        ("model.generate", plain),
+    )
     rates: dict[str, list[float]] = {name: [] for name, _ in variants}
     for _, fn in variants:
         fn()  # warm-up
@@ -93,10 +103,20 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine(),
         "command": "python -m benchmarks.bench_rollout" + (" --quick" if args.quick else ""),
         "setting": f"tiny model, {len(prompts)} prompts x {n} samples, max_new_tokens {max_new}, temperature 1.0",
-        "RL sampler (rl.backend cached) tokens/s": round(med["sampler"]),
-        "rl.backend hf (generate + bookkeeping) tokens/s": round(med["hf backend"]),
+        "RL sampler (rl.backend cached, per-group streams) tokens/s": round(med["sampler"]),
+        "RL sampler, one stream for the batch, tokens/s": round(med["sampler, one stream"]),
+        "rl.backend hf (per-group streams: greedy search over a drawing logits processor) tokens/s": round(
+            med["hf backend"]
+        ),
+        "rl.backend hf, one stream for the batch, tokens/s": round(med["hf backend, one stream"]),
         "plain model.generate tokens/s": round(med["model.generate"]),
         "ratio sampler / model.generate": round(med["sampler"] / med["model.generate"], 3),
+        "ratio per-group streams / one stream (sampler)": round(
+            med["sampler"] / med["sampler, one stream"], 3
+        ),
+        "ratio per-group streams / one stream (hf)": round(
+            med["hf backend"] / med["hf backend, one stream"], 3
+        ),
     }
     for k, v in result.items():
         if k != "machine":

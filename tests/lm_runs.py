@@ -1,5 +1,6 @@
-"""What the tests that run the LM stage for real share: tiny runs (6 steps of 4 x 32 tokens) with one
-tokenizer and token cache per test module. ``env`` reaches the tests as a fixture through conftest.py."""
+"""What the tests that run the stages for real share: tiny LM runs (6 steps of 4 x 32 tokens) with one
+tokenizer and token cache per test module, and the untrained tiny model the RL tests start from
+(``tiny_model``). The fixtures reach the tests through conftest.py."""
 
 from __future__ import annotations
 
@@ -75,3 +76,23 @@ def signal_when(
         time.sleep(0.0005)
     _, err = proc.communicate(timeout=300)
     return proc.returncode, err
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny Qwen3 with a small BPE tokenizer, saved in Hugging Face format."""
+    import torch
+
+    from rlready.data.tokenizer import train_tokenizer
+    from rlready.data.world import World, WorldConfig
+    from rlready.models import build_config, build_model, save_model
+
+    world = World(WorldConfig(seed=0))
+    tok = train_tokenizer(world.documents("midtrain", n_chars=60_000), 384)
+    torch.manual_seed(0)
+    cfg = build_config("tiny", vocab_size=len(tok))
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(cfg, attr, tok.eos_token_id)
+    out = tmp_path_factory.mktemp("model") / "m"
+    save_model(build_model(cfg), tok, out)
+    return out

@@ -2,7 +2,7 @@
 updates as one process with the same settings: every process samples a share of the step's prompt groups, each
 group from its own random stream, dynamic sampling counts informative groups over the whole step, and the loss
 divides by the step's global token count. The final weights agree to float rounding. A two-process run killed
-with SIGKILL and started again ends where the uninterrupted one does."""
+with SIGKILL, or stopped by SIGTERM, and started again ends where the uninterrupted one does."""
 
 from __future__ import annotations
 
@@ -30,23 +30,6 @@ ARGS = [
     "--rl.train_problems", "32", "--rl.eval_every", "2", "--eval.reasoning_problems", "3", "--eval.samples", "4",
     "--eval.pass_k", "2", "--eval.max_new_tokens", "6", "--log.progress", "lines",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def init_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained tiny Qwen3 with a small tokenizer, in Hugging Face format (``--init``)."""
-    from rlready.data.tokenizer import train_tokenizer
-    from rlready.data.world import World, WorldConfig
-    from rlready.models import build_config, build_model, save_model
-
-    tok = train_tokenizer(World(WorldConfig(seed=0)).documents("midtrain", n_chars=60_000), 384)
-    torch.manual_seed(0)
-    cfg = build_config("tiny", vocab_size=len(tok))
-    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        setattr(cfg, attr, tok.eos_token_id)
-    out = tmp_path_factory.mktemp("init") / "m"
-    save_model(build_model(cfg), tok, out)
-    return out
 
 
 def _env() -> dict[str, str]:
@@ -90,13 +73,13 @@ def _records(run: Path) -> list[dict]:
 
 @pytest.mark.parametrize("parallel", [[], ["--train.fsdp", "true"]], ids=["ddp", "fsdp"])
 def test_two_processes_take_one_process_updates(
-    init_model: Path, tmp_path: Path, parallel: list[str]
+    tiny_model: Path, tmp_path: Path, parallel: list[str]
 ) -> None:
-    _run(_command(init_model, tmp_path / "one", 1))
-    log = _run(_command(init_model, tmp_path / "two", 2, *parallel))
+    _run(_command(tiny_model, tmp_path / "one", 1))
+    log = _run(_command(tiny_model, tmp_path / "two", 2, *parallel))
     assert f"2 processes ({'FSDP2' if parallel else 'DDP'})" in log
     one, two = _weights(tmp_path / "one" / "final"), _weights(tmp_path / "two" / "final")
-    start = _weights(init_model)
+    start = _weights(tiny_model)
     assert one.keys() == two.keys()
     assert any(not torch.equal(one[k], start[k]) for k in one), "RL did not change the weights"
     for key in one:
@@ -115,29 +98,66 @@ def test_two_processes_take_one_process_updates(
     assert ev_two["avg@k_per_problem"] == ev_one["avg@k_per_problem"]
 
 
-def test_two_process_run_killed_and_restarted_ends_where_an_uninterrupted_one_does(
-    init_model: Path, tmp_path: Path
-) -> None:
-    every = ["--train.max_steps", "6", "--train.checkpoint_every", "2"]
-    _run(_command(init_model, tmp_path / "ref", 2, *every))
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
 
-    out = tmp_path / "killed"
-    cmd = _command(init_model, out, 2, *every)
-    first = subprocess.Popen(
-        cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    deadline = time.monotonic() + 600
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _stop_after_a_checkpoint(cmd: list[str], out: Path, how: str) -> str:
+    """Start ``cmd`` and stop it once a checkpoint exists: ``kill`` SIGKILLs torchrun and its workers (each in a
+    session of its own) at once, as a lost node; ``term`` sends SIGTERM to torchrun, which forwards it;
+    ``orphan`` SIGKILLs torchrun alone. Returns its stderr."""
+    first = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, workers = time.monotonic() + 600, []
     while first.poll() is None and time.monotonic() < deadline:
-        if list((out / "checkpoints").glob("step_*")) if (out / "checkpoints").is_dir() else False:
-            os.killpg(first.pid, signal.SIGKILL)  # torchrun and both workers, as a lost node would
+        if (out / "checkpoints").is_dir() and list((out / "checkpoints").glob("step_*")):
+            workers = _children(first.pid)
+            for pid in workers if how == "kill" else []:
+                os.kill(pid, signal.SIGKILL)
+            first.send_signal(signal.SIGTERM if how == "term" else signal.SIGKILL)
             break
         time.sleep(0.01)
-    first.wait(timeout=60)
-    assert first.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    _, err = first.communicate(timeout=120)
+    assert first.returncode != 0 and len(workers) == 2, f"the run was not stopped mid-way: {err[-2000:]}"
+    # No worker runs on: killed, or ended by the SIGTERM that torchrun forwards or its death gives them (their
+    # stderr is torchrun's, so ``communicate`` above waited for them to close it).
+    end = time.monotonic() + 60
+    while any(map(_running, workers)) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not any(map(_running, workers)), f"workers {workers} still run after torchrun ended"
+    if how == "term":  # (torchrun adds a traceback of its own when a worker exits with an error)
+        assert "rlready: interrupted at step" in err, err[-2000:]
     assert not (out / "eval.json").exists()
+    return err
 
-    _run(cmd)
-    ref, resumed = _weights(tmp_path / "ref" / "final"), _weights(out / "final")
-    for key in ref:
-        assert torch.equal(resumed[key], ref[key]), key
-    assert [r["step"] for r in _records(out)] == [1, 2, 3, 4, 5, 6]
+
+def test_two_process_run_stopped_and_restarted_ends_where_an_uninterrupted_one_does(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    every = ["--train.max_steps", "6", "--train.checkpoint_every", "2"]
+    _run(_command(tiny_model, tmp_path / "ref", 2, *every))
+    ref = _weights(tmp_path / "ref" / "final")
+
+    for how in ("kill", "term", "orphan"):
+        out = tmp_path / how
+        _stop_after_a_checkpoint(_command(tiny_model, out, 2, *every), out, how)
+        _run(_command(tiny_model, out, 2, *every))
+        resumed = _weights(out / "final")
+        for key in ref:
+            assert torch.equal(resumed[key], ref[key]), (how, key)
+        assert [r["step"] for r in _records(out)] == [1, 2, 3, 4, 5, 6]

@@ -77,14 +77,17 @@ def test_sampling_shapes_and_reproducibility(model_and_tokenizer) -> None:
     assert model.training is False
 
 
-def test_first_token_distribution_matches_the_model(model_and_tokenizer) -> None:
-    """With many samples of one prompt, first-token frequencies follow softmax(logits / T)."""
+@pytest.mark.parametrize("seeds", [None, [5]], ids=["global-rng", "own-stream"])
+def test_first_token_distribution_matches_the_model(model_and_tokenizer, seeds) -> None:
+    """With many samples of one prompt, first-token frequencies follow softmax(logits / T), from torch's
+    generator and from the group's own stream (inverse-CDF draws) alike."""
     model, tok = model_and_tokenizer
     enc = tok(["Q: Who?\nA:"], return_tensors="pt")
     with torch.no_grad():
         p = torch.softmax(model(**enc).logits[0, -1] / 1.5, -1)
     torch.manual_seed(0)
-    outs = CachedSampler(model, tok, gen_batch=2000).generate(["Q: Who?\nA:"], 2000, 1, temperature=1.5)[0]
+    sampler = CachedSampler(model, tok, gen_batch=2000)
+    outs = sampler.generate(["Q: Who?\nA:"], 2000, 1, temperature=1.5, seeds=seeds)[0]
     freq = torch.bincount(torch.tensor([c.ids[0] for c in outs]), minlength=p.numel()).float() / 2000
     top = p.topk(5).indices
     assert torch.allclose(freq[top], p[top], atol=0.035)
@@ -153,3 +156,25 @@ def test_stream_seeds_are_stable_and_distinct() -> None:
     ]
     seeds = [stream_seed(*n) for n in names]
     assert len(set(seeds)) == len(seeds) and all(0 <= s < 2**63 for s in seeds)
+
+
+def test_inverse_cdf_draw_against_the_cumulative_mass() -> None:
+    """Token i is drawn for u in [F(i-1), F(i)) of the normalised cumulative mass F; tokens of zero mass (cut by
+    top-p) are never drawn, at u = 0 or as u nears 1."""
+    from rlready.rl.rollout import _draw
+
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.5, 0.3, 0.0]] * 7)
+    u = torch.tensor([0.0, 0.1999, 0.2001, 0.6999, 0.7001, 0.99999, 1 - 2**-53], dtype=torch.float64)
+    assert _draw(probs, u).tolist() == [1, 1, 3, 3, 4, 4, 4]
+    unnormalised = probs * 3  # the draw scales u by the row's total mass
+    assert _draw(unnormalised, u).tolist() == [1, 1, 3, 3, 4, 4, 4]
+
+
+def test_seeded_backends_draw_the_same_samples(model_and_tokenizer) -> None:
+    """Given the same seeds, the KV-cache sampler and ``generate`` (through its logits processor) draw the same
+    tokens: the same uniforms at the same probabilities, up to the rounding of two forward implementations."""
+    model, tok = model_and_tokenizer
+    seeds = [11, 12, 13, 14]
+    a = CachedSampler(model, tok).generate(PROMPTS, 4, 10, 1.0, top_p=0.95, seeds=seeds)
+    b = HFRollout(model, tok).generate(PROMPTS, 4, 10, 1.0, top_p=0.95, seeds=seeds)
+    assert [[(c.ids, c.truncated) for c in g] for g in a] == [[(c.ids, c.truncated) for c in g] for g in b]

@@ -22,24 +22,6 @@ from rlready.rl.tasks import PromptStream, Task
 from rlready.train import rl
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained tiny Qwen3 with a small BPE tokenizer, saved in Hugging Face format."""
-    from rlready.data.tokenizer import train_tokenizer
-    from rlready.data.world import World, WorldConfig
-    from rlready.models import build_config, build_model, save_model
-
-    world = World(WorldConfig(seed=0))
-    tok = train_tokenizer(world.documents("midtrain", n_chars=60_000), 384)
-    torch.manual_seed(0)
-    cfg = build_config("tiny", vocab_size=len(tok))
-    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        setattr(cfg, attr, tok.eos_token_id)
-    out = tmp_path_factory.mktemp("model") / "m"
-    save_model(build_model(cfg), tok, out)
-    return out
-
-
 def _load(path: Path):
     from rlready.data.tokenizer import load_tokenizer
     from rlready.models import load_model

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,9 +103,6 @@ class HFRollout:
     def sync_weights(self, model: Any) -> None:
         self.model = model
 
-    # ``generate`` draws a whole batch from one generator, so with per-prompt seeds it samples a group per call.
-    _groups_per_seeded_call: int | None = 1
-
     @torch.no_grad()
     def generate(
         self,
@@ -126,8 +124,6 @@ class HFRollout:
         tok.padding_side = "left"
         out: list[list[Completion]] = []
         per_call = max(1, self.gen_batch // n)
-        if seeds is not None and self._groups_per_seeded_call is not None:
-            per_call = self._groups_per_seeded_call
         for start in range(0, len(prompts), per_call):
             enc = tok(list(prompts[start : start + per_call]), return_tensors="pt", padding=True).to(device)
             rows = self._sample(
@@ -154,34 +150,41 @@ class HFRollout:
     def _sample(
         self, ids, attn, n, max_new_tokens, temperature, top_p, seeds
     ) -> list[tuple[list[int], bool]]:
-        """``n`` rows per prompt of ``(completion ids up to and including EOS, truncated)``."""
+        """``n`` rows per prompt of ``(completion ids up to and including EOS, truncated)``.
+
+        With ``seeds``, ``generate`` runs greedy over a logits processor that draws each row's token itself
+        (:class:`_StreamDraw`): ``generate`` samples a batch from torch's one global generator."""
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        common = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
         if seeds is None:
-            return self._generate(ids, attn, n, max_new_tokens, temperature, top_p, eos, pad)
-        devices = [ids.device] if ids.device.type == "cuda" else []
-        with torch.random.fork_rng(
-            devices=devices
-        ):  # the group's own stream; the global one is left as it was
-            torch.manual_seed(seeds[0])
-            return self._generate(ids, attn, n, max_new_tokens, temperature, top_p, eos, pad)
+            kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, num_return_sequences=n)
+        else:
+            from transformers import LogitsProcessorList
 
-    def _generate(
-        self, ids, attn, n, max_new_tokens, temperature, top_p, eos, pad
-    ) -> list[tuple[list[int], bool]]:
-        gen = self.model.generate(
-            input_ids=ids,
-            attention_mask=attn,
-            do_sample=True,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=0,
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=n,
-            pad_token_id=pad,
-            eos_token_id=eos,
-        )
+            # Greedy search refuses several sequences per prompt: each prompt's row is repeated instead.
+            ids, attn = ids.repeat_interleave(n, dim=0), attn.repeat_interleave(n, dim=0)
+            draw = _StreamDraw(
+                _uniforms(seeds, n, max_new_tokens, ids.device), ids.shape[1], temperature, top_p
+            )
+            kw = dict(do_sample=False, logits_processor=LogitsProcessorList([draw]))
+        gen = self.model.generate(input_ids=ids, attention_mask=attn, **common, **kw)
         return [_cut(row, eos) for row in gen[:, ids.shape[1] :].tolist()]
+
+
+class _StreamDraw:
+    """A ``generate`` logits processor that samples each row's next token by :func:`_draw` at the row's own
+    uniform for this step (``u[row, step]``) and leaves only that token possible, so greedy search takes it."""
+
+    def __init__(self, u: torch.Tensor, prompt_len: int, temperature: float, top_p: float) -> None:
+        self.u, self.prompt_len, self.temperature, self.top_p = u, prompt_len, temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            probs = _filter_top_p(probs, self.top_p)
+        nxt = _draw(probs, self.u[:, input_ids.shape[1] - self.prompt_len])
+        return torch.full_like(scores, -math.inf).scatter_(1, nxt[:, None], 0.0)
 
 
 def _filter_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -192,16 +195,25 @@ def _filter_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs).scatter_(-1, order, sorted_p / sorted_p.sum(-1, keepdim=True))
 
 
-def _draw(probs: torch.Tensor, group: torch.Tensor, gens: list[torch.Generator] | None) -> torch.Tensor:
-    """One token per row of ``probs``; with ``gens``, the rows of group ``g`` (contiguous, in ``group``'s
-    order) draw from ``gens[g]``, so a group's tokens do not depend on the other rows of the batch."""
-    if gens is None:
+def _uniforms(seeds: Sequence[int], n: int, steps: int, device: torch.device) -> torch.Tensor:
+    """``[len(seeds) * n, steps]`` uniforms in [0, 1): row ``i * n + j`` is sample j of prompt i, drawn from
+    prompt i's own generator, so a sample's numbers do not depend on the other prompts of the batch."""
+    rows = [
+        torch.rand(n, steps, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
+        for s in seeds
+    ]
+    return torch.cat(rows).to(device)
+
+
+def _draw(probs: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+    """One token per row of ``probs``: by inverse-CDF sampling at the row's uniform ``u`` (the first token whose
+    cumulative mass exceeds ``u`` times the total, so a token of zero mass is never drawn), or from torch's
+    global generator when ``u`` is None. Both are exact draws from the categorical distribution."""
+    if u is None:
         return torch.multinomial(probs, 1).squeeze(-1)
-    ids, counts = torch.unique_consecutive(group, return_counts=True)
-    parts = probs.split(counts.tolist())
-    return torch.cat(
-        [torch.multinomial(p, 1, generator=gens[g]) for p, g in zip(parts, ids.tolist(), strict=True)]
-    ).squeeze(-1)
+    cdf = probs.double().cumsum(-1)
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    return idx.clamp_(max=probs.shape[-1] - 1)
 
 
 class CachedSampler(HFRollout):
@@ -217,8 +229,6 @@ class CachedSampler(HFRollout):
     Sampling is the same distribution as ``generate(do_sample=True, temperature, top_p, top_k=0)``;
     ``temperature=0`` is greedy and then matches ``generate(do_sample=False)`` token for token (tested).
     """
-
-    _groups_per_seeded_call = None  # draws each group's tokens from its own generator (``_draw``)
 
     def _sample(
         self, ids, attn, n, max_new_tokens, temperature, top_p, seeds
@@ -236,7 +246,7 @@ class CachedSampler(HFRollout):
         attn = attn.repeat_interleave(n, dim=0)
         pos = pos[:, -1].repeat_interleave(n, dim=0)
         alive = torch.arange(logits.shape[0], device=device)  # original row of each batch row
-        gens = None if seeds is None else [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+        u = None if seeds is None else _uniforms(seeds, n, max_new_tokens, device)
         tokens: list[list[int]] = [[] for _ in range(logits.shape[0])]
         done = [False] * logits.shape[0]
         for step in range(max_new_tokens):
@@ -246,7 +256,7 @@ class CachedSampler(HFRollout):
                 probs = torch.softmax(logits / temperature, dim=-1)
                 if top_p < 1.0:
                     probs = _filter_top_p(probs, top_p)
-                nxt = _draw(probs, alive // n, gens)
+                nxt = _draw(probs, None if u is None else u[alive, step])
             finished = nxt == eos
             for row, t, f in zip(alive.tolist(), nxt.tolist(), finished.tolist(), strict=True):
                 tokens[row].append(t)

@@ -76,17 +76,20 @@ class StopFlag:
 
 
 def die_with_parent() -> None:
-    """A stage started by ``rlready study`` (which sets ``RLREADY_PARENT_PID``) gets SIGTERM when the study
-    dies, even by SIGKILL, so it checkpoints and ends instead of running on unowned (Linux only: the
-    kernel's PR_SET_PDEATHSIG; elsewhere the study's forwarding of its own signals is all there is)."""
-    parent = os.environ.get("RLREADY_PARENT_PID", "")
-    if not parent.isdigit() or not sys.platform.startswith("linux") or os.getppid() != int(parent):
-        return  # not started by the study itself (e.g. a launcher's worker: the launcher is its parent)
+    """A stage gets SIGTERM when the process that started it dies, even by SIGKILL, so it checkpoints and ends
+    instead of running on unowned: a stage started by ``rlready study`` (which sets ``RLREADY_PARENT_PID``), and a
+    worker of ``torchrun`` (which sets ``TORCHELASTIC_RUN_ID`` and starts its workers in sessions of their own,
+    so a SIGKILL to torchrun's process group does not reach them). Linux only (the kernel's PR_SET_PDEATHSIG);
+    elsewhere the parent's forwarding of its own signals is all there is."""
+    parent, ppid = os.environ.get("RLREADY_PARENT_PID", ""), os.getppid()
+    by_study = parent.isdigit() and ppid == int(parent)
+    if not sys.platform.startswith("linux") or not (by_study or "TORCHELASTIC_RUN_ID" in os.environ):
+        return
     import ctypes
 
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-    if os.getppid() != int(parent):  # the study died before the request took effect
+    if os.getppid() != ppid:  # the parent died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
 
