@@ -120,13 +120,16 @@ def _running(pid: int) -> bool:
 
 def _stop_after_a_checkpoint(cmd: list[str], out: Path, how: str) -> str:
     """Start ``cmd`` and stop it once a checkpoint exists: ``kill`` SIGKILLs torchrun and its workers (each in a
-    session of its own) at once, as a lost node; ``term`` sends SIGTERM to torchrun, which forwards it;
-    ``orphan`` SIGKILLs torchrun alone. Returns its stderr."""
+    session of its own) at once, as a lost node; ``term`` sends SIGTERM to torchrun, which forwards it; ``one``
+    sends SIGTERM to one worker; ``orphan`` SIGKILLs torchrun alone. Returns its stderr."""
     first = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline, workers = time.monotonic() + 600, []
     while first.poll() is None and time.monotonic() < deadline:
         if (out / "checkpoints").is_dir() and list((out / "checkpoints").glob("step_*")):
             workers = _children(first.pid)
+            if how == "one":  # one worker only, as on a preempted node: every process must stop with it
+                os.kill(max(workers), signal.SIGTERM)
+                break
             for pid in workers if how == "kill" else []:
                 os.kill(pid, signal.SIGKILL)
             first.send_signal(signal.SIGTERM if how == "term" else signal.SIGKILL)
@@ -140,20 +143,25 @@ def _stop_after_a_checkpoint(cmd: list[str], out: Path, how: str) -> str:
     while any(map(_running, workers)) and time.monotonic() < end:
         time.sleep(0.1)
     assert not any(map(_running, workers)), f"workers {workers} still run after torchrun ended"
-    if how == "term":  # (torchrun adds a traceback of its own when a worker exits with an error)
+    if how in ("term", "one"):  # (torchrun adds a traceback of its own when a worker exits with an error)
         assert "rlready: interrupted at step" in err, err[-2000:]
     assert not (out / "eval.json").exists()
     return err
 
 
+@pytest.mark.parametrize(
+    ("parallel", "stops"),
+    [([], ("kill", "term", "one", "orphan")), (["--train.fsdp", "true"], ("kill",))],
+    ids=["ddp", "fsdp"],
+)
 def test_two_process_run_stopped_and_restarted_ends_where_an_uninterrupted_one_does(
-    tiny_model: Path, tmp_path: Path
+    tiny_model: Path, tmp_path: Path, parallel: list[str], stops: tuple[str, ...]
 ) -> None:
-    every = ["--train.max_steps", "6", "--train.checkpoint_every", "2"]
+    every = ["--train.max_steps", "6", "--train.checkpoint_every", "2", *parallel]
     _run(_command(tiny_model, tmp_path / "ref", 2, *every))
     ref = _weights(tmp_path / "ref" / "final")
 
-    for how in ("kill", "term", "orphan"):
+    for how in stops:
         out = tmp_path / how
         _stop_after_a_checkpoint(_command(tiny_model, out, 2, *every), out, how)
         _run(_command(tiny_model, out, 2, *every))

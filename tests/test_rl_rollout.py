@@ -51,6 +51,9 @@ def test_greedy_matches_generate_token_for_token(model_and_tokenizer) -> None:
     model, tok = model_and_tokenizer
     want = _reference(model, tok, PROMPTS, 12)
     got = CachedSampler(model, tok, gen_batch=6).generate(PROMPTS, 3, 12, temperature=0.0)
+    # generate through the drawing logits processor (per-prompt seeds) is greedy at temperature 0 too.
+    seeded = HFRollout(model, tok).generate(PROMPTS, 2, 12, temperature=0.0, seeds=[1, 2, 3, 4])
+    assert [[c.ids for c in g] for g in seeded] == [[w, w] for w in want]
     lengths = {len(w) for w in want}
     assert any(w[-1] == tok.eos_token_id for w in want) and any(
         len(w) == 12 and w[-1] != tok.eos_token_id for w in want

@@ -180,10 +180,13 @@ class _StreamDraw:
         self.u, self.prompt_len, self.temperature, self.top_p = u, prompt_len, temperature, top_p
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        if self.top_p < 1.0:
-            probs = _filter_top_p(probs, self.top_p)
-        nxt = _draw(probs, self.u[:, input_ids.shape[1] - self.prompt_len])
+        if self.temperature <= 0:  # greedy, as the cached sampler
+            nxt = scores.argmax(-1)
+        else:
+            probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+            if self.top_p < 1.0:
+                probs = _filter_top_p(probs, self.top_p)
+            nxt = _draw(probs, self.u[:, input_ids.shape[1] - self.prompt_len])
         return torch.full_like(scores, -math.inf).scatter_(1, nxt[:, None], 0.0)
 
 
@@ -299,6 +302,8 @@ class VLLMRollout:
         # Under torchrun every process runs its own engine on its own GPU (data parallel, as TRL's colocated
         # mode does): vLLM's external launcher joins the process group torchrun set up instead of spawning.
         launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        # In one process the engine must run in this process too, where sync_weights can reach its model.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.llm = LLM(
             model=model_dir,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -307,8 +312,17 @@ class VLLMRollout:
         )
 
     def sync_weights(self, model: Any) -> None:
+        """Load ``model``'s parameters into the engine, one tensor at a time: an FSDP-sharded parameter is
+        gathered whole (collective; every process syncs, in the same order) and freed after loading. The prefix
+        cache is reset after, since it holds the prompts' keys and values under the old weights (as TRL does)."""
+        from torch.distributed.tensor import DTensor
+
         engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        engine_model.load_weights(model.state_dict().items())
+        engine_model.load_weights(
+            (name, p.full_tensor() if isinstance(p, DTensor) else p.detach())
+            for name, p in model.named_parameters()
+        )
+        self.llm.reset_prefix_cache()
 
     def generate(
         self,

@@ -218,6 +218,15 @@ def broadcast_flag(flag: bool, d: Dist) -> bool:
     return bool(t.item())
 
 
+def any_flag(flag: bool, d: Dist) -> bool:
+    """Whether ``flag`` is set on any rank (e.g. a signal that reached one node only), for every rank."""
+    if not d.enabled:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=d.device)  # NCCL has no CPU tensors
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def broadcast_object(obj: Any, d: Dist) -> Any:
     """Rank 0's (picklable) ``obj``, for every rank."""
     if not d.enabled:

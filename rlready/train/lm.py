@@ -329,7 +329,7 @@ def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFla
                     record.update({f"eval_{k}": v for k, v in periodic_eval(model, data, cfg).items()})
                 logger.log(step, record)
                 clock.reset(tokens)
-            policy.maybe_save(step, stop=dist.broadcast_flag(stop.signum is not None, d), ok=result.finite)
+            policy.maybe_save(step, stop=dist.any_flag(stop.signum is not None, d), ok=result.finite)
     stop.phase = "the final export and evaluation"
     return _finish(cfg, out, model, data, d, step, tokens)
 

@@ -152,6 +152,7 @@ def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFla
     from rlready.rl.rewards import RewardScorer
 
     rc, tc, model, tok = cfg.rl, cfg.train, setup.model, setup.tok
+    model.train()
     warn = loop.warner(d.is_main)
     ckpt = _resume(out, d, model, warn)
     wrapped = dist.wrap(model, d, fsdp=tc.fsdp)
@@ -202,10 +203,10 @@ def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFla
                 record["step_s"] = time.perf_counter() - t0
                 if tc.log_every and (state.step % tc.log_every == 0 or state.step == tc.max_steps):
                     logger.log(state.step, record)
-                policy.maybe_save(state.step, stop=dist.broadcast_flag(stop.signum is not None, d))
+                policy.maybe_save(state.step, stop=dist.any_flag(stop.signum is not None, d))
         stop.phase = "the final evaluation and export"
         final = evaluate(sampler.synced(), scorer, setup.eval_tasks, cfg, d)
-    whole = _whole_policy(cfg, d, model, sampler)
+    whole = _whole_policy(cfg, d, model)
     if whole is None:
         return {}
     return _finish(out, whole, tok, state, final, initial, cfg.rl.max_new_tokens)
@@ -214,21 +215,21 @@ def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFla
 class _Sampler:
     """The rollout backend on the policy's current weights (``synced()`` before each use).
 
-    Under FSDP it samples from a whole, unsharded copy on each process (the policy's forward is a collective
-    that every process must run in step, and processes sample different numbers of tokens), as the colocated
-    rollouts of verl and TRL hold one; otherwise from the policy itself."""
+    Under FSDP the cached and hf backends sample from a whole, unsharded copy on each process (the policy's
+    forward is a collective that every process must run in step, and processes sample different numbers of
+    tokens), as the colocated rollouts of verl and TRL hold one; vLLM's engine is that copy. Otherwise they
+    sample from the policy itself."""
 
     def __init__(self, cfg: RunConfig, d: dist.Dist, model: nn.Module, tok: Any) -> None:
         from rlready.models import build_model
 
-        self.model, self.sharded = model, cfg.train.fsdp and d.enabled
+        self.model, rc = model, cfg.rl
+        # vLLM holds its own copy and takes the weights one gathered tensor at a time (``sync_weights``).
+        self.sharded = cfg.train.fsdp and d.enabled and rc.backend != "vllm"
         self.copy = model
-        if self.sharded:
-            # bf16 on a GPU (sampling runs under bf16 autocast there anyway); the weights' dtype elsewhere.
-            bf16 = cfg.model.dtype == "bfloat16" or d.device.type == "cuda"
-            dtype = torch.bfloat16 if bf16 else torch.float32
+        if self.sharded:  # in the weights' dtype: the same samples as one process, whose policy samples
+            dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
             self.copy = build_model(model.config, dtype=dtype, device=d.device)
-        rc = cfg.rl
         self.backend = make_backend(
             rc.backend, self.copy, tok, model_dir=cfg.model.init, gen_batch=rc.gen_batch
         )
@@ -240,10 +241,10 @@ class _Sampler:
         return self.backend
 
 
-def _whole_policy(cfg: RunConfig, d: dist.Dist, model: nn.Module, sampler: _Sampler) -> nn.Module | None:
-    """The policy, whole and in its weights' dtype, on rank 0 (None elsewhere); under FSDP gathered from the
-    shards (collective) into a model on CPU, since the rollout copy may be bf16."""
-    if not sampler.sharded:
+def _whole_policy(cfg: RunConfig, d: dist.Dist, model: nn.Module) -> nn.Module | None:
+    """The policy, whole, on rank 0 (None elsewhere); under FSDP gathered from the shards (collective) into a
+    model on CPU (the GPU holds only shards and, with vLLM, no whole copy)."""
+    if not (cfg.train.fsdp and d.enabled):
         return model if d.is_main else None
     from rlready.models import build_model
 
@@ -307,9 +308,9 @@ def _initial_eval(
 ) -> dict[str, Any]:
     """The policy's held-out numbers before RL, measured once (a resumed run reads them back)."""
     path = out / "eval_initial.json"
-    if dist.broadcast_flag(path.is_file(), d):
-        initial = json.loads(path.read_text())
-    else:
+    # Rank 0's file, sent to the others (their view of --out may not be rank 0's disk).
+    initial = dist.broadcast_object(json.loads(path.read_text()) if d.is_main and path.is_file() else None, d)
+    if initial is None:
         initial = evaluate(sampler.synced(), scorer, tasks, cfg, d)
         if d.is_main:
             write_json(path, initial)
@@ -458,7 +459,7 @@ class _Updater:
                 if real:
                     old[rows] = logp
         # Summed over tokens: loss, entropy, clip_frac_low, clip_frac_high, approx_kl.
-        totals = torch.zeros(5, dtype=torch.float64)
+        totals = [0.0] * 5
         n_tok_all, updates, grad_norm = 0, 0, 0.0
         for mb, mb_chunks in zip(minibatches, chunks, strict=True):
             n_tok = int(mask[mb].sum())
@@ -475,24 +476,24 @@ class _Updater:
                     (loss * (d.world_size if real else 0.0)).backward()
                 if real:
                     k = int(mask[rows].sum())
-                    totals += torch.tensor(
-                        [float(loss.detach()) * n_tok, float(ent[mask[rows]].sum())]
-                        + [
-                            float(stats[name]) * k
-                            for name in ("clip_frac_low", "clip_frac_high", "approx_kl")
-                        ],
-                        dtype=torch.float64,
-                    )
+                    parts = [float(loss.detach()) * n_tok, float(ent[mask[rows]].sum())]
+                    parts += [
+                        float(stats[name]) * k for name in ("clip_frac_low", "clip_frac_high", "approx_kl")
+                    ]
+                    totals = [t + x for t, x in zip(totals, parts, strict=True)]
             grad_norm += float(loop.clip_grad(self.model, self.cfg.train.grad_clip))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             n_tok_all, updates = n_tok_all + n_tok, updates + 1
         if updates == 0:
             return None
-        totals = dist.all_reduce_sum(totals, d) / n_tok_all
+        # On the process group's device: NCCL has no CPU tensors.
+        summed = (
+            dist.all_reduce_sum(torch.tensor(totals, dtype=torch.float64, device=d.device), d) / n_tok_all
+        )
         names = ("loss", "entropy", "clip_frac_low", "clip_frac_high", "approx_kl")
         return {
-            **dict(zip(names, totals.tolist(), strict=True)),
+            **dict(zip(names, summed.tolist(), strict=True)),
             "grad_norm": grad_norm / updates,
             "updates": updates,
         }
