@@ -62,8 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.add_argument(
         "--launcher",
-        help='command that starts pre- and mid-training, e.g. "torchrun --nproc_per_node 8" (RL runs in one '
-        "process)",
+        help='command that starts every stage as several processes, e.g. "torchrun --nproc_per_node 8"',
     )
     st.add_argument("--overwrite", action="store_true", help="replace a study with other settings in --out")
     ex = sub.add_parser(
