@@ -186,7 +186,9 @@ def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFla
                 RewardScorer(setup.reward, rc.reward_timeout_s, num_workers=rc.reward_workers)
             )
         stop.phase = "the initial evaluation"
-        initial = _initial_eval(out, sampler, scorer, setup.eval_tasks, cfg, d, logger)
+        initial = _initial_eval(
+            out, sampler, scorer, setup.eval_tasks, cfg, d, logger, resumed=ckpt is not None, warn=warn
+        )
         if ckpt is not None:
             logger.info(f"resuming from {ckpt.path.name} (step {state.step})")
         stop.phase = "training"
@@ -304,13 +306,15 @@ class _RLState:
 
 
 def _initial_eval(
-    out: Path, sampler: _Sampler, scorer, tasks, cfg: RunConfig, d: dist.Dist, logger
+    out: Path, sampler: _Sampler, scorer, tasks, cfg: RunConfig, d: dist.Dist, logger, *, resumed: bool, warn
 ) -> dict[str, Any]:
     """The policy's held-out numbers before RL, measured once (a resumed run reads them back)."""
     path = out / "eval_initial.json"
     # Rank 0's file, sent to the others (their view of --out may not be rank 0's disk).
     initial = dist.broadcast_object(json.loads(path.read_text()) if d.is_main and path.is_file() else None, d)
     if initial is None:
+        if resumed:  # the checkpoint's weights are loaded already: not the starting model's
+            warn(f"{path} is missing: 'initial' is measured on the resumed checkpoint, not on --init")
         initial = evaluate(sampler.synced(), scorer, tasks, cfg, d)
         if d.is_main:
             write_json(path, initial)
