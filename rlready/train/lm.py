@@ -85,8 +85,7 @@ def check_inputs(cfg: RunConfig, device: torch.device) -> Inputs:
     tok = tokenizer.load_tokenizer(cfg.data.tokenizer) if cfg.data.tokenizer else None
     model = None
     if cfg.model.init:
-        dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
-        model = load_model(cfg.model.init, dtype=dtype, device=device)
+        model = load_model(cfg.model.init, dtype=param_dtype(cfg), device=device)
         if tok is not None:
             check_tokenizer_fits(tok, model)
     return Inputs(src, tok, model)
@@ -163,6 +162,27 @@ def load_data(cfg: RunConfig, resumed: Path | None, d: dist.Dist, inputs: Inputs
 # -- model ------------------------------------------------------------------------------------------------
 
 
+def param_dtype(cfg: RunConfig) -> torch.dtype:
+    """``model.dtype``: the dtype of the parameters (bf16 compute comes from ``train.autocast``)."""
+    return torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
+
+
+def whole_model(cfg: RunConfig, d: dist.Dist, model: nn.Module) -> nn.Module | None:
+    """The trained model, whole, on rank 0 (None on the other ranks). Under FSDP it is gathered from the shards
+    (collective: every rank calls this) into an unsharded model on CPU; otherwise it is ``model`` itself."""
+    from rlready.models import build_model
+
+    if not (cfg.train.fsdp and d.enabled):
+        return model if d.is_main else None
+    state = dist.full_model_state(model, d, fsdp=True)
+    if not d.is_main:
+        return None
+    whole = build_model(model.config, dtype=param_dtype(cfg), device="cpu")
+    whole.load_state_dict(state)
+    whole.generation_config = model.generation_config
+    return whole
+
+
 def load_or_build_model(
     cfg: RunConfig, tok: Any, device: torch.device, init_model: nn.Module | None = None
 ) -> nn.Module:
@@ -170,7 +190,7 @@ def load_or_build_model(
     from rlready.models import build_config, build_model, load_model, set_rope_theta
     from rlready.models.io import check_tokenizer_fits
 
-    dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
+    dtype = param_dtype(cfg)
     if cfg.model.init:
         model = (
             init_model if init_model is not None else load_model(cfg.model.init, dtype=dtype, device=device)
@@ -293,7 +313,9 @@ def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFla
         data.train, cfg.data.seq_len, per_rank, rank=d.rank, world_size=d.world_size, seed=cfg.seed
     )
     warn = loop.warner(d.is_main)
-    ckpt = _resume(cfg, out, d, model, setup.model_device, loader, warn)
+    ckpt = loop.resume(out, d, model, warn, require=("tokens", "loader"))
+    if ckpt is not None:
+        loader.load_state_dict(ckpt.state["loader"])
     step, tokens = (ckpt.step, int(ckpt.state["tokens"])) if ckpt is not None else (0, 0)
     wrapped = dist.wrap(ShapedLMLoss(model), d, fsdp=tc.fsdp)
     # After wrapping: FSDP2 replaces the parameters with sharded ones, which the optimizer must hold.
@@ -332,28 +354,6 @@ def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFla
             policy.maybe_save(step, stop=dist.any_flag(stop.signum is not None, d), ok=result.finite)
     stop.phase = "the final export and evaluation"
     return _finish(cfg, out, model, data, d, step, tokens)
-
-
-def _resume(
-    cfg: RunConfig,
-    out: Path,
-    d: dist.Dist,
-    model: nn.Module,
-    model_device: torch.device,
-    loader: Any,
-    warn: Any,
-) -> checkpoint.Checkpoint | None:
-    """The newest good checkpoint, its weights, RNG and data position restored (the optimizer's later)."""
-    # Rank 0 verifies the checkpoints (a checksum of every file) and tells the other ranks which one to load.
-    found = (
-        checkpoint.load_latest(out / "checkpoints", warn, require=("tokens", "loader")) if d.is_main else None
-    )
-    ckpt = dist.broadcast_object(found, d)
-    if ckpt is not None:
-        # Weights into the whole model: every rank's, or rank 0's under FSDP, which shards them in wrap.
-        checkpoint.restore(ckpt, None if model_device.type == "meta" else model, None)
-        loader.load_state_dict(ckpt.state["loader"])
-    return ckpt
 
 
 def _save(
@@ -506,12 +506,9 @@ def _finish(
     from rlready.eval.lm import data_analysis, heldout_stats, knowledge_accuracy, reasoning_eval
     from rlready.models import save_model
 
-    state = dist.full_model_state(model, d, fsdp=cfg.train.fsdp)
-    if not d.is_main:
+    model = whole_model(cfg, d, model)
+    if model is None:
         return {}
-    if cfg.train.fsdp and d.enabled:
-        model = load_or_build_model(cfg, data.tokenizer, torch.device("cpu"))
-        model.load_state_dict(state)
     model.generation_config.do_sample = False
     save_model(
         model,

@@ -1,5 +1,6 @@
-"""What every stage's loop shares, so that a stage reads set up -> batch -> step -> log -> save: how it stops
-on SIGTERM/SIGINT, when it checkpoints, its autocast, its warnings, its logger and its gradient clipping."""
+"""What every stage's loop shares, so that a stage reads set up -> batch -> step -> log -> save: its life
+(``run_stage``), how it claims ``--out``, how it stops on SIGTERM/SIGINT, how it resumes and when it checkpoints,
+its autocast, its warnings, its logger and its gradient clipping."""
 
 from __future__ import annotations
 
@@ -197,3 +198,19 @@ def run_stage(
                 return train(cfg, out, d, ready, stop)
         finally:
             dist.close(d)
+
+
+def resume(
+    out: Path, d: dist.Dist, model: torch.nn.Module, warn: Callable[[str], None], require: tuple[str, ...]
+):
+    """The run's newest good checkpoint (``rlready.train.checkpoint.Checkpoint``, or None), its weights and RNG
+    states restored (the optimizer's come after wrapping). Rank 0 verifies the checkpoints (a checksum of every
+    file) and tells the other ranks which one to load; the weights go into the whole model: every rank's, or
+    rank 0's under FSDP, which shards them in ``dist.wrap`` (the other ranks hold a meta skeleton)."""
+    from rlready.train import checkpoint
+
+    found = checkpoint.load_latest(out / "checkpoints", warn, require=require) if d.is_main else None
+    ckpt = dist.broadcast_object(found, d)
+    if ckpt is not None:
+        checkpoint.restore(ckpt, None if next(model.parameters()).device.type == "meta" else model, None)
+    return ckpt

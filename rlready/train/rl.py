@@ -56,7 +56,7 @@ from rlready.rl.rollout import RolloutBackend, make_backend, stream_seed
 from rlready.rl.sampling import collect_informative_groups
 from rlready.rl.tasks import PromptStream, Task, load_tasks
 from rlready.train import checkpoint, dist, loop
-from rlready.train.lm import load_or_build_model, make_optimizer
+from rlready.train.lm import load_or_build_model, make_optimizer, param_dtype, whole_model
 from rlready.train.loop import StopFlag
 from rlready.train.rundir import RunLock, check_run_dir, write_json
 
@@ -154,7 +154,7 @@ def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFla
     rc, tc, model, tok = cfg.rl, cfg.train, setup.model, setup.tok
     model.train()
     warn = loop.warner(d.is_main)
-    ckpt = _resume(out, d, model, warn)
+    ckpt = loop.resume(out, d, model, warn, require=("samples", *_RLState.KEYS))
     wrapped = dist.wrap(model, d, fsdp=tc.fsdp)
     optimizer = make_optimizer(model, cfg)  # after wrapping: FSDP2 replaces the parameters with shards
     for group in optimizer.param_groups:
@@ -208,7 +208,7 @@ def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFla
                 policy.maybe_save(state.step, stop=dist.any_flag(stop.signum is not None, d))
         stop.phase = "the final evaluation and export"
         final = evaluate(sampler.synced(), scorer, setup.eval_tasks, cfg, d)
-    whole = _whole_policy(cfg, d, model)
+    whole = whole_model(cfg, d, model)
     if whole is None:
         return {}
     return _finish(out, whole, tok, state, final, initial, cfg.rl.max_new_tokens)
@@ -230,8 +230,7 @@ class _Sampler:
         self.sharded = cfg.train.fsdp and d.enabled and rc.backend != "vllm"
         self.copy = model
         if self.sharded:  # in the weights' dtype: the same samples as one process, whose policy samples
-            dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
-            self.copy = build_model(model.config, dtype=dtype, device=d.device)
+            self.copy = build_model(model.config, dtype=param_dtype(cfg), device=d.device)
         self.backend = make_backend(
             rc.backend, self.copy, tok, model_dir=cfg.model.init, gen_batch=rc.gen_batch
         )
@@ -241,37 +240,6 @@ class _Sampler:
             dist.replicate_weights(self.model, self.copy)
         self.backend.sync_weights(self.copy)
         return self.backend
-
-
-def _whole_policy(cfg: RunConfig, d: dist.Dist, model: nn.Module) -> nn.Module | None:
-    """The policy, whole, on rank 0 (None elsewhere); under FSDP gathered from the shards (collective) into a
-    model on CPU (the GPU holds only shards and, with vLLM, no whole copy)."""
-    if not (cfg.train.fsdp and d.enabled):
-        return model if d.is_main else None
-    from rlready.models import build_model
-
-    state = dist.full_model_state(model, d, fsdp=True)
-    if not d.is_main:
-        return None
-    dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
-    whole = build_model(model.config, dtype=dtype, device="cpu")
-    whole.load_state_dict(state)
-    whole.generation_config = model.generation_config
-    return whole
-
-
-def _resume(out: Path, d: dist.Dist, model: nn.Module, warn: Any) -> checkpoint.Checkpoint | None:
-    """The newest good checkpoint (verified by rank 0, which tells the others), its weights restored into the
-    whole model (every process's, or rank 0's under FSDP, which shards them in ``wrap``)."""
-    found = (
-        checkpoint.load_latest(out / "checkpoints", warn, require=("samples", *_RLState.KEYS))
-        if d.is_main
-        else None
-    )
-    ckpt = dist.broadcast_object(found, d)
-    if ckpt is not None:
-        checkpoint.restore(ckpt, None if next(model.parameters()).device.type == "meta" else model, None)
-    return ckpt
 
 
 class _RLState:
