@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _stage_parser(sub, "pretrain", "pre-train a Qwen3 model with the shaped objective", needs_init=False)
     _stage_parser(
-        sub, "midtrain", "mid-train from a pre-trained model (longer context, RoPE 1e6)", needs_init=True
+        sub,
+        "midtrain",
+        "mid-train from a pre-trained model (longer context; RoPE base 1e6 at the paper's lengths)",
+        needs_init=True,
     )
     _stage_parser(
         sub, "rl", "RL with verifiable rewards (GRPO, no KL, clip-higher, dynamic sampling)", needs_init=True
@@ -54,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--seeds", type=int, default=1, help="seeds per configuration (default: 1)")
     st.add_argument(
         "--configs",
-        help="YAML/TOML list of {name, beta, lam_head, lam_tail, k}, or a mapping of such a `configs` list and "
-        "`claims` for the report to check besides its own (default: the paper's five)",
+        help="a named set: 'paper' (the default: the paper's five, and three more beta values pre-trained "
+        "only) or 'beta' (CE, beta=-0.25, beta=0.5: the multi-seed paired study); or a YAML/TOML list of "
+        "{name, beta, lam_head, lam_tail, k, until}, or a mapping of such a `configs` list and `claims` for the "
+        "report to check besides its own",
     )
     st.add_argument(
         "--jobs", type=int, help="configurations run in parallel (default: one per core; 1 with --launcher)"

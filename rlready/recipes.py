@@ -66,7 +66,7 @@ def _small_pretrain() -> RunConfig:
         tiny,
         data=replace(tiny.data, reasoning_max_steps=3),
         eval=replace(
-            tiny.eval, tokens=65536, knowledge_questions=200, reasoning_problems=64, max_new_tokens=48
+            tiny.eval, tokens=65536, knowledge_questions=200, reasoning_problems=64, max_new_tokens=64
         ),
     )
 
@@ -105,18 +105,23 @@ _MIDTRAIN_STEPS = {"tiny": 400, "small": 600}
 
 
 def _midtrain(pre: RunConfig, max_steps: int | None) -> RunConfig:
-    """The pre-training recipe with longer sequences, RoPE base 1e4 -> 1e6, and the LR decaying from the
-    pre-training LR to a tenth; ``max_steps`` None: a third of pre-training's."""
+    """The pre-training recipe with longer sequences, the LR decaying from the pre-training LR to a tenth and,
+    for the paper's 16384-token contexts, RoPE base 1e4 -> 1e6; ``max_steps`` None: a third of pre-training's."""
     seq, train = pre.data.seq_len, pre.train
     steps = max_steps if max_steps is not None else max(1, train.max_steps // 3)
+    rope_theta = pre.model.rope_theta
     if seq < 4096:
         batch_size = max(1, train.batch_size // 2)
         micro_batch = min(train.micro_batch, batch_size)
+        # The paper raises the base for 16K contexts. At a few hundred tokens a new base serves nothing and
+        # re-teaches every positional circuit the small model has (the previous-token heads copying relies
+        # on); the CPU presets keep pre-training's (docs/method.md §9; BENCHMARKS.md, "Preset sizing notes").
     else:
         batch_size, micro_batch = 1024, 1  # 16M tokens per batch at 16384 tokens per sequence
+        rope_theta = 1e6
     return replace(
         pre,
-        model=replace(pre.model, rope_theta=1e6),
+        model=replace(pre.model, rope_theta=rope_theta),
         data=replace(pre.data, seq_len=seq * 2 if seq < 4096 else 16384),
         train=replace(
             train,
@@ -172,7 +177,7 @@ def _tiny_rl() -> RunConfig:
             group_size=16,
             minibatches=4,
             micro_batch=64,
-            max_new_tokens=32,
+            max_new_tokens=48,  # a retold two-step solution is about 40 tokens
             max_rounds=8,
             eval_every=0,
             train_problems=512,
@@ -181,7 +186,7 @@ def _tiny_rl() -> RunConfig:
         ),
         # 32 samples per problem: Avg@32 and a Pass@k curve up to k = 32 (docs/method.md §7); mid-training's
         # evaluation copies these settings.
-        held_out=EvalConfig(reasoning_problems=64, samples=32, pass_k=32, max_new_tokens=32),
+        held_out=EvalConfig(reasoning_problems=64, samples=32, pass_k=32, max_new_tokens=48),
     )
 
 
@@ -190,8 +195,8 @@ def _small_rl() -> RunConfig:
     tiny = _tiny_rl()
     return replace(
         tiny,
-        rl=replace(tiny.rl, task_max_steps=3, max_new_tokens=48),
-        eval=replace(tiny.eval, reasoning_problems=128, max_new_tokens=48),
+        rl=replace(tiny.rl, task_max_steps=3, max_new_tokens=64),
+        eval=replace(tiny.eval, reasoning_problems=128, max_new_tokens=64),
     )
 
 

@@ -33,7 +33,7 @@ def _kind(doc: str) -> str:
     if (
         "Copy:" in doc
         or re.fullmatch(r"\d+ [-+*] \d+ = \d+\.", doc.splitlines()[0])
-        or "have?\nA: ####" in doc
+        or re.search(r"now\?\nA: \w+ has \d+ \w+\.\n####", doc)
     ):
         return "drills"
     if "####" in doc:
@@ -90,13 +90,13 @@ def test_n_chars_stops_just_after_the_target() -> None:
 def test_stage_mixes_follow_config(train_docs: list[str]) -> None:
     pre = Counter(_kind(d) for d in generate_documents(SMALL, "pretrain", n_documents=3000))
     mid = Counter(_kind(d) for d in generate_documents(SMALL, "midtrain", n_documents=3000))
-    # Defaults: pretrain (0.25, 0.55, 0.1, 0.1), midtrain (0.2, 0.1, 0.6, 0.1); 3000 draws give ~±0.03.
+    # Defaults: pretrain (0.1, 0.7, 0.1, 0.1), midtrain (0.2, 0.05, 0.65, 0.1); 3000 draws give ~±0.03.
     assert abs(pre["reasoning"] / 3000 - 0.1) < 0.03
     assert abs(pre["drills"] / 3000 - 0.1) < 0.03
-    assert abs(pre["knowledge"] / 3000 - 0.25) < 0.04
-    assert abs(pre["language"] / 3000 - 0.55) < 0.04
-    assert abs(mid["reasoning"] / 3000 - 0.6) < 0.05
-    assert abs(mid["language"] / 3000 - 0.1) < 0.03
+    assert abs(pre["knowledge"] / 3000 - 0.1) < 0.03
+    assert abs(pre["language"] / 3000 - 0.7) < 0.04
+    assert abs(mid["reasoning"] / 3000 - 0.65) < 0.05
+    assert abs(mid["language"] / 3000 - 0.05) < 0.03
 
 
 def test_custom_mix_with_a_zero_weight() -> None:
@@ -160,6 +160,33 @@ def test_language_eval_sentences_are_distinct_and_never_in_training(
     assert held == World(SMALL).language_sentences(300)
 
 
+def test_language_documents_pick_up_the_previous_sentences_last_phrase(train_docs: list[str]) -> None:
+    # About 30% of sentences after the first start with "The <adjective> <noun>" repeating the previous
+    # sentence's last noun phrase (docs/method.md §5.1): the repetition that trains copying in text.
+    picked = total = 0
+    for doc in (d for d in train_docs if _kind(d) == "language"):
+        sentences = re.split(r"(?<=\.) (?=[A-Z])", doc)
+        for prev, cur in zip(sentences, sentences[1:], strict=False):
+            first = cur.rstrip(".").replace(",", "").split()
+            last = prev.rstrip(".").replace(",", "").split()
+            total += 1
+            picked += first[0] == "The" and first[1:3] in (last[-2:], last[1:3])
+    assert total > 2000
+    assert 0.25 < picked / total < 0.4
+
+
+def test_language_eval_documents_hold_only_eval_sentences(small_world: World, train_docs: list[str]) -> None:
+    docs = small_world.language_documents(40)
+    assert docs == World(SMALL).language_documents(40)
+    lo, hi = SMALL.sentences_per_document
+    held = [x for d in docs for x in re.split(r"(?<=\.) (?=[A-Z])", d)]
+    assert lo * 40 <= len(held) <= hi * 40
+    assert not set(held) & _sentences(train_docs)
+    assert any(x.startswith("The ") for x in held)
+    with pytest.raises(ValueError, match=">= 0"):
+        small_world.language_documents(-1)
+
+
 def test_language_forks_have_a_preferred_word_and_a_long_tail(small_world: World) -> None:
     # After an adjective comes a noun: its preferred noun with probability 0.5-0.8 (plus Zipf draws that
     # happen to give it), else one of hundreds (docs/method.md §5.1, §10).
@@ -176,7 +203,7 @@ def test_language_forks_have_a_preferred_word_and_a_long_tail(small_world: World
         following = after[word]
         top = following.most_common(1)[0][1] / sum(following.values())
         shaped += 0.45 < top < 0.9 and len(following) >= 20
-    assert shaped >= 0.6 * len(frequent)  # the rest: verbs before a determiner (12 of them), conjunctions
+    assert shaped >= 0.6 * len(frequent)  # the rest: verbs before a determiner (20 of them), conjunctions
     # The tails reach hundreds of words.
     assert len(set().union(*(after[w] for w in frequent))) >= 200
 
@@ -210,6 +237,11 @@ def _check_problem(p) -> None:
     assert re.search(r"has (\d+) ", p.prompt).group(1) == steps[0][0]
     assert p.prompt.startswith("Q: ") and p.prompt.endswith("now?\nA:")
     assert p.solution.startswith(" ")
+    # The solution retells the question, sentence by sentence, each operation's arithmetic after its sentence.
+    story = p.prompt[len("Q: ") : p.prompt.index(" How many")]
+    assert re.sub(r" \d+ [-+*] \d+ = \d+\.", "", p.solution.split("\n")[0]).strip() == story
+    retold = re.split(r"(?<=\.) ", p.solution.split("\n")[0].strip())
+    assert [bool(STEP.fullmatch(x)) for x in retold] == [False] + [False, True] * len(steps)
 
 
 def test_problems_are_correct_and_respect_difficulty() -> None:
@@ -233,7 +265,8 @@ def test_reasoning_splits_share_no_canonical_problem(small_world: World, train_d
     held = small_world.reasoning_problems(300, split="eval")
     rl = small_world.reasoning_problems(1000, split="train")
     assert len({p.key for p in held}) == 300
-    in_docs = {_solution_key(m.group(1)) for d in train_docs for m in re.finditer(r"\nA: (.*?)\n####", d)}
+    solutions = [m.group(1) for d in train_docs for m in re.finditer(r"\nA: (.*?)\n####", d)]
+    in_docs = {_solution_key(s) for s in solutions if STEP.search(s)}
     assert len(in_docs) > 1000
     assert not {p.key for p in held} & in_docs
     assert not {p.key for p in held} & {p.key for p in rl}
@@ -322,3 +355,27 @@ def test_bad_document_requests(small_world: World) -> None:
         small_world.language_sentences(-1)
     with pytest.raises(ValueError, match="unknown WorldConfig"):
         WorldConfig.from_dict({"seed": 1, "n_entitys": 3})
+
+
+def test_drills_arithmetic_is_right_and_reaches_carried_results() -> None:
+    import random
+
+    from rlready.data.reasoning import copy_drill
+
+    cfg = ReasoningConfig(max_operand=9, max_multiplier=3)
+    rng = random.Random(0)
+    lines = [x for _ in range(400) for x in copy_drill(rng, cfg).splitlines()]
+    steps = [STEP.fullmatch(x).groups() for x in lines if STEP.fullmatch(x)]
+    items = len(steps) + sum(x.startswith(("Copy:", "Q:")) for x in lines)  # a story spans three lines
+    assert 0.4 < len(steps) / items < 0.6  # half of the drills
+    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+    assert all(ops[op](int(a), int(b)) == int(c) >= 0 for a, op, b, c in steps)
+    firsts = [int(a) for a, *_ in steps]
+    assert max(firsts) == 27 and min(firsts) == 1  # up to max_operand * max_multiplier
+    assert 0.2 < sum(a > 9 for a in firsts) / len(firsts) < 0.5
+    # Retold stories without an operation: the answer is the story's number.
+    text = "\n".join(lines)
+    stories = re.findall(
+        r"Q: \w+ has (\d+) \w+\. How many \w+ does \w+ have now\?\nA: \w+ has (\d+) \w+\.\n#### (\d+)", text
+    )
+    assert len(stories) > 100 and all(a == b == c for a, b, c in stories)

@@ -69,11 +69,11 @@ def test_tokenizer_round_trips_text_and_keeps_eos_whole(tok) -> None:
     ]
 
 
-def test_default_problems_fit_in_about_100_tokens(tok) -> None:
+def test_default_problems_fit_in_128_tokens(tok) -> None:
     problems = World(WORLD).reasoning_problems(300)
     lengths = [len(tok(p.prompt + p.solution, add_special_tokens=False)["input_ids"]) for p in problems]
-    assert max(lengths) < 100
-    assert sum(lengths) / len(lengths) < 70
+    assert max(lengths) < 128
+    assert sum(lengths) / len(lengths) < 90
 
 
 def test_fingerprint_is_content_based(tok, tok_dir: Path, tmp_path: Path) -> None:

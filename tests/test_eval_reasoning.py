@@ -243,8 +243,8 @@ def test_mid_training_and_rl_initial_evaluations_agree(
     with RewardScorer(rewards.get_reward(rl_cfg.rl.reward), rl_cfg.rl.reward_timeout_s) as scorer:
         initial = rl.evaluate(sampler, scorer, held, rl_cfg, dist.init())
 
-    assert "reasoning" in mid  # greedy accuracy: the LM stages' own curve
-    assert {key: v for key, v in mid.items() if key != "reasoning"} == initial
+    assert "reasoning" in mid and "operand_copy" in mid  # greedy accuracy and the copy probe: LM stages' own
+    assert {key: v for key, v in mid.items() if key not in ("reasoning", "operand_copy")} == initial
     assert 0.0 < initial["avg@k"] < 1.0 and 0.0 < initial["pass@k"] <= 1.0
     assert len(set(initial["avg@k_per_problem"])) > 1
     assert paired_gain(mid["avg@k_per_problem"], initial["avg@k_per_problem"]) == (0.0, 0.0)

@@ -59,6 +59,7 @@ def dirs(env, tmp_path_factory) -> dict[str, Path]:
             "train.eval_every": "1",  # greedy evaluation (padded batches) before final/ is saved
             "data.seq_len": str(SEQ_LEN),
             "eval.max_new_tokens": str(EVAL_NEW_TOKENS),
+            "model.rope_theta": "1e6",  # the paper's mid-training base, which a loader must not drop
         },
     )
     assert cfg.model.rope_theta == 1e6

@@ -336,7 +336,7 @@ def test_overwrite_with_bad_input_leaves_a_finished_run_untouched(
         ("rl.minibatches", "0", "rl.minibatches must be >= 1"),
         ("rl.minibatches", "500", "must be <= rl.prompts_per_step"),
         ("rl.backend", "tgi", "rl.backend must be cached, hf or vllm"),
-        ("rl.overlong_buffer", "32", "must be < rl.max_new_tokens"),
+        ("rl.overlong_buffer", "48", "must be < rl.max_new_tokens"),
         ("rl.temperature", "0", "rl.temperature must be > 0"),
         ("rl.eps_low", "1.5", "rl.eps_low must be in"),
         ("rl.entropy_drop", "1", "rl.entropy_drop must be in"),

@@ -21,7 +21,7 @@ def test_default_configurations_are_the_papers_five_and_a_beta_dose_response() -
         {"name": "CE", "beta": "0.0", "lam_head": "0.0", "lam_tail": "0.0", "k": 10},
         {"name": "beta=-0.25", "beta": "-0.25", "lam_head": "0.0", "lam_tail": "0.0", "k": 10},
         {"name": "beta=0.5", "beta": "0.5", "lam_head": "0.0", "lam_tail": "0.0", "k": 10},
-        {"name": "lam_tail=-0.1", "beta": "0.0", "lam_head": "0.0", "lam_tail": "-0.1", "k": 10},
+        {"name": "lam_tail=-1", "beta": "0.0", "lam_head": "0.0", "lam_tail": "-1", "k": 10},
         {"name": "lam_head=0.1", "beta": "0.0", "lam_head": "0.1", "lam_tail": "0.0", "k": 10},
         {
             "name": "beta=-1",
@@ -69,6 +69,22 @@ def test_load_configs_yaml_and_toml(tmp_path: Path) -> None:
     t = tmp_path / "c.toml"
     t.write_text('[[configs]]\nname = "x"\nbeta = 0.5\n')
     assert load_configs(t) == [StudyConfig("x", LossConfig(beta="0.5"))]
+
+
+def test_named_config_sets_and_a_file_of_that_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlready.study import load_claims
+
+    beta = load_configs("beta")
+    assert [(c.name, c.loss.knobs()["beta"], c.until) for c in beta] == [
+        ("CE", "0.0", "rl"),
+        ("beta=-0.25", "-0.25", "rl"),
+        ("beta=0.5", "0.5", "rl"),
+    ]
+    assert load_configs("paper") == list(DEFAULT_CONFIGS) and load_claims("beta") == []
+    monkeypatch.chdir(tmp_path)  # a file called "beta" is read, not shadowed by the set
+    (tmp_path / "beta").write_text("configs = [{name = 'mine', beta = 0.25}]\n")
+    with pytest.raises(ConfigError):  # no YAML/TOML suffix: refused as the file it is
+        load_configs("beta")
 
 
 def test_load_configs_take_k_as_a_count_or_a_fraction(tmp_path: Path) -> None:
@@ -153,7 +169,7 @@ def test_bad_launcher_is_refused_before_anything_is_written(
 def _fake_study(root: Path, seeds: int = 2) -> list[Job]:
     """Run directories as the stages write them, with entropies ordered as the paper reports."""
     jobs = []
-    entropy = {"CE": 2.4, "beta=-0.25": 2.2, "beta=0.5": 2.6, "lam_tail=-0.1": 2.3, "lam_head=0.1": 2.5}
+    entropy = {"CE": 2.4, "beta=-0.25": 2.2, "beta=0.5": 2.6, "lam_tail=-1": 2.3, "lam_head=0.1": 2.5}
     entropy |= {"beta=-1": 1.8, "beta=-0.5": 2.0, "beta=1": 2.8}
     for c in DEFAULT_CONFIGS:
         for s in range(seeds):

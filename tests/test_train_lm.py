@@ -293,7 +293,12 @@ def test_midtrain_from_pretrain_final(pretrained, env, tmp_path):
     from rlready.models.rope import get_rope_theta
 
     out = tmp_path / "mid"
-    cfg = make_cfg(env, "midtrain", **{"model.init": str(pretrained[0] / "final"), "train.max_steps": "4"})
+    # The paper's mid-training base (the tiny preset keeps pre-training's): saved with the model.
+    cfg = make_cfg(
+        env,
+        "midtrain",
+        **{"model.init": str(pretrained[0] / "final"), "train.max_steps": "4", "model.rope_theta": "1e6"},
+    )
     cfg.data.seq_len = 64  # longer than pre-training's 32, like the stage default (2x)
     cfg.validate()
     assert cfg.train.warmup_steps == 0 and cfg.train.decay_fraction == 1.0

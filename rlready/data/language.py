@@ -9,16 +9,24 @@ words plus invented rare ones, as rare words and names are in real text), and ea
 collocation: the previous word prefers one successor with probability 0.5-0.8, drawn once per world, and
 otherwise the successor comes from the class's Zipf law. Invented words span several tokens, whose
 continuations are near-deterministic.
+
+Text also repeats itself: a sentence often picks up what the previous one ended with ("... saw a red fox. The
+red fox slept."). Predicting the repeated words means finding where they occurred before and copying what
+followed (what induction heads do), the skill a solution needs to copy a question's numbers (docs/method.md
+§5.1); without repetition the dominant text of pre-training would never exercise it.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rlready.data._sampling import Zipf
 
-DETERMINERS = ["the", "a", "every", "some", "this", "that", "one", "no", "each", "my", "our", "another"]
+DETERMINERS = [
+    "the", "a", "every", "some", "this", "that", "one", "no", "each", "my", "our", "another", "his", "her",
+    "their", "your", "its", "any", "either", "neither",
+]  # fmt: skip
 ADJECTIVES = [
     "old", "small", "red", "quiet", "bright", "heavy", "strange", "green", "cold", "tall", "young", "broken",
     "gentle", "hungry", "silver", "ancient", "narrow", "wild", "soft", "dark", "golden", "tiny", "brave",
@@ -56,9 +64,12 @@ _CODAS = ["", "", "n", "r", "l", "m", "sk", "nt", "ck", "rd"]
 _UNWANTED = ("fuck", "shit", "cunt", "dick", "cock", "nig", "fag", "slut", "tit", "piss")
 # Class sizes with the invented words: hundreds each, so a fork's tail is long (§10 of docs/method.md).
 _SIZES = {"adj": 200, "noun": 300, "verb": 200, "adv": 80}
-_PREFERRED = (0.65, 0.85)  # probability of a word's preferred successor, drawn per word and world
+_PREFERRED = (0.6, 0.8)  # probability of a word's preferred successor, drawn per word and world
 _ZIPF = 0.7  # exponent of the tail over a class
 _SECOND_CLAUSE = 0.1  # "..., and ..." : rare, so the end of a clause is a near-deterministic "."
+_MAX_REDRAWS = 10_000  # a split this rare means a degenerate config, not bad luck
+Phrase = tuple[str, str]  # a noun phrase without its determiner: (adjective, noun)
+_ANAPHORA = 0.3  # share of sentences whose subject is the previous sentence's last noun phrase, as "the ..."
 
 
 class Collocations:
@@ -127,19 +138,41 @@ class Grammar:
         adj = self.det_adj.draw(rng, det)
         return [det, adj, self.adj_noun.draw(rng, adj)]
 
-    def _clause(self, rng: random.Random) -> list[str]:
-        words = self._noun_phrase(rng, self.det.draw(rng))
+    def _clause(self, rng: random.Random, subject: Phrase | None = None) -> tuple[list[str], Phrase]:
+        """A clause's words and its last noun phrase (adjective, noun): the object, or the subject."""
+        words = ["the", *subject] if subject else self._noun_phrase(rng, self.det.draw(rng))
+        last = (words[1], words[2])
         verb = self.noun_verb.draw(rng, words[-1])
         words.append(verb)
         if verb in self.vt_set:
-            return words + self._noun_phrase(rng, self.verb_det.draw(rng, verb))
-        return [*words, self.vi_adv.draw(rng, verb)]
+            obj = self._noun_phrase(rng, self.verb_det.draw(rng, verb))
+            return words + obj, (obj[1], obj[2])
+        return [*words, self.vi_adv.draw(rng, verb)], last
 
-    def sentence(self, rng: random.Random) -> str:
-        """One sentence, capitalised and ending with a full stop."""
-        words = self._clause(rng)
+    def sentence(self, rng: random.Random, subject: Phrase | None = None) -> tuple[str, Phrase]:
+        """One sentence, capitalised and ending with a full stop, and its last noun phrase. ``subject``: a
+        phrase mentioned before, which the sentence starts with as "The <adjective> <noun>"."""
+        words, last = self._clause(rng, subject)
         if rng.random() < _SECOND_CLAUSE:
             words[-1] += ","
-            words += [self.conj.draw(rng), *self._clause(rng)]
+            more, last = self._clause(rng)
+            words += [self.conj.draw(rng), *more]
         text = " ".join(words) + "."
-        return text[0].upper() + text[1:]
+        return text[0].upper() + text[1:], last
+
+    def document(self, rng: random.Random, n: int, accept: Callable[[str], bool]) -> list[str]:
+        """``n`` sentences; each picks up the previous one's last noun phrase with probability ``_ANAPHORA``.
+        Only sentences ``accept`` takes are kept (redrawn with the same subject until one is)."""
+        out: list[str] = []
+        last: Phrase | None = None
+        for _ in range(n):
+            subject = last if last is not None and rng.random() < _ANAPHORA else None
+            for _ in range(_MAX_REDRAWS):
+                text, phrase = self.sentence(rng, subject)
+                if accept(text):
+                    break
+            else:
+                raise ValueError(f"no acceptable sentence in {_MAX_REDRAWS} draws: check heldout_fraction")
+            out.append(text)
+            last = phrase
+        return out

@@ -2,7 +2,14 @@
 
 These stand in for the paper's maths data (docs/method.md §5): present in small amounts in pre-training,
 raised in mid-training, and the verifiable task of the RL stage. Problems are short on purpose so that
-prompt + solution fits in about 100 tokens for small models.
+prompt + solution fits in 128 tokens for small models.
+
+A solution retells the question one sentence at a time and writes each operation's arithmetic after its
+sentence (``Mia has 7 apples. She buys 3 more. 7 + 3 = 10. ...``): every number it needs is then a copy of
+the token after a phrase it has just repeated (what an induction head does) or of a number a few tokens
+back. Solutions that list the steps alone make the model find "the number after the one used last" in the
+question, a multi-hop retrieval that a ~1M-parameter model learns late and only in some seeds
+(docs/method.md §5.1).
 """
 
 from __future__ import annotations
@@ -47,8 +54,8 @@ class ReasoningConfig:
 
 @dataclass(frozen=True)
 class Problem:
-    """A word problem. ``prompt`` ends with ``A:``; ``solution`` is the step-by-step completion, including the
-    final ``#### n`` line; ``answer`` is ``n`` as a string; ``key`` is the canonical arithmetic (e.g.
+    """A word problem. ``prompt`` ends with ``A:``; ``solution`` is the step-by-step completion (the question
+    retold with each operation's arithmetic after its sentence), including the final ``#### n`` line; ``answer`` is ``n`` as a string; ``key`` is the canonical arithmetic (e.g.
     ``"5+3-2"``), shared by problems that differ only in names and objects."""
 
     prompt: str
@@ -69,7 +76,7 @@ def make_problem(rng: random.Random, config: ReasoningConfig) -> Problem:
     items = rng.choice(ITEMS)
     value = rng.randint(1, config.max_operand)
     story = [f"{name} has {value} {items}."]
-    steps: list[str] = []
+    steps = list(story)
     key = str(value)
     for _ in range(rng.randint(config.min_steps, config.max_steps)):
         op = rng.choice(config.operations)
@@ -86,7 +93,7 @@ def make_problem(rng: random.Random, config: ReasoningConfig) -> Problem:
             phrase, new = rng.choice(MUL_PHRASES), value * b
         text = phrase.format(p=pronoun, b=b, items=items)
         story.append(text[0].upper() + text[1:])
-        steps.append(f"{value} {op} {b} = {new}.")
+        steps += [story[-1], f"{value} {op} {b} = {new}."]
         key += f"{op}{b}"
         value = new
     prompt = f"Q: {' '.join(story)} How many {items} does {name} have now?\nA:"
@@ -98,32 +105,41 @@ def copy_drill(rng: random.Random, config: ReasoningConfig) -> str:
     """Drills of the one skill every solution needs first: copying numbers from the question.
 
     Three kinds, one per line: a list repeated (``Copy: 4 8 1. Again: 4 8 1.``), a story with no operation
-    whose answer is its only number, and the first step of a problem written out (``7 + 3 = 10.``). Taught from
+    retold as a solution retells it, and one operation's arithmetic (``7 + 3 = 10.``). Taught from
     the start of pre-training, they let every seed learn to copy operands before mid-training instead of only
     some seeds late in it (docs/method.md §5.1).
     """
     lines = []
     for _ in range(rng.randint(3, 6)):
-        kind = rng.randrange(3)
+        kind = rng.choice((0, 1, 2, 2))  # arithmetic twice as often: its facts are many, each seen rarely
         if kind == 0:
             numbers = " ".join(str(rng.randint(0, config.max_operand)) for _ in range(rng.randint(2, 6)))
             lines.append(f"Copy: {numbers}. Again: {numbers}.")
         elif kind == 1:
             name, _ = rng.choice(PEOPLE)
             items, value = rng.choice(ITEMS), rng.randint(1, config.max_operand)
-            lines.append(
-                f"Q: {name} has {value} {items}. How many {items} does {name} have?\nA: #### {value}"
-            )
+            story = f"{name} has {value} {items}."
+            lines.append(f"Q: {story} How many {items} does {name} have now?\nA: {story}\n#### {value}")
         else:
-            a, b = rng.randint(1, config.max_operand), rng.randint(1, config.max_operand)
-            op = rng.choice(config.operations)
-            if op == "-":
-                a, b = max(a, b), min(a, b)
-            if op == "*":
-                b = rng.randint(2, config.max_multiplier)
-            value = {"+": a + b, "-": a - b, "*": a * b}[op]
-            lines.append(f"{a} {op} {b} = {value}.")
+            lines.append(_arithmetic_line(rng, config))
     return "\n".join(lines)
+
+
+def _arithmetic_line(rng: random.Random, config: ReasoningConfig) -> str:
+    """One operation as a solution writes it. The first operand is, half of the time, in the range of a
+    result carried from an earlier step (up to ``max_operand * max_multiplier``), whose facts problems alone
+    show too rarely to learn."""
+    carried = config.max_operand * config.max_multiplier
+    a = rng.randint(1, carried if rng.random() < 0.5 else config.max_operand)
+    op = rng.choice(config.operations)
+    if op == "+":
+        b = rng.randint(1, config.max_operand)
+    elif op == "-":
+        b = rng.randint(1, min(a, config.max_operand))
+    else:
+        b = rng.randint(2, config.max_multiplier)
+    value = {"+": a + b, "-": a - b, "*": a * b}[op]
+    return f"{a} {op} {b} = {value}."
 
 
 def is_heldout_problem(salt: str, problem: Problem, fraction: float) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -40,13 +40,18 @@ def train_tokenizer(
     Two special tokens: ``<|endoftext|>`` ends documents (EOS) and doubles as BOS, as in GPT-2/Qwen;
     ``<|pad|>`` (id 1) only pads batches and is never trained on as a target. ``vocab_size`` counts both.
     Digits are split one per token (as Llama and Qwen do) so that arithmetic in the reasoning data is
-    learnable digit by digit.
+    learnable digit by digit, and a space before a digit stays on it (``" 7"``, as GPT-2's pre-tokenizer keeps
+    a word's space): a separate space token would put the same token before every number, so copying a
+    number from a question would need attention two tokens back (docs/method.md §5.1).
     """
     if vocab_size < N_BYTES + 2:
         raise TokenizerError(f"vocab_size must be >= {N_BYTES + 2} (256 bytes + EOS + PAD), got {vocab_size}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [
+            pre_tokenizers.Split(Regex(r" ?[0-9]"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
     )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)

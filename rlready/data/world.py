@@ -35,15 +35,15 @@ Split = Literal["train", "eval"]
 STAGES = ("pretrain", "midtrain")
 SPLITS = ("train", "eval")
 # Bump when a code change alters the generated text, so cached token shards of the old text are not reused.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 _MAX_REJECTIONS = 10_000  # a split this rare means a degenerate config, not bad luck
 
 
 @dataclass(frozen=True)
 class StageMix:
     """Relative weights of the document kinds in one stage (normalised when sampling). Defaults:
-    pre-training (knowledge 0.25, language 0.55, reasoning 0.1, copy drills 0.1); mid-training
-    (0.2, 0.1, 0.6, 0.1), i.e. reasoning-heavy as in the paper. Language dominates pre-training because its
+    pre-training (knowledge 0.1, language 0.7, reasoning 0.1, copy drills 0.1); mid-training
+    (0.2, 0.05, 0.65, 0.1), i.e. reasoning-heavy as in the paper. Language dominates pre-training because its
     forks are where the entropy knob acts (docs/method.md §10)."""
 
     knowledge: float
@@ -65,12 +65,14 @@ class WorldConfig:
     n_entities: int = 200  # invented people; each has len(knowledge.ATTRIBUTES) facts
     n_cities: int = 30  # invented cities they live in
     heldout_fraction: float = 0.1  # share of questions / sentences / problem keys kept for evaluation
-    sentences_per_document: tuple[int, int] = (3, 8)  # range for language documents
+    # Range for language documents: long ones, so that a document's end (a flat fork) is rare.
+    sentences_per_document: tuple[int, int] = (6, 12)
     reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)  # difficulty knobs
-    pretrain_mix: StageMix = field(default_factory=lambda: StageMix(0.25, 0.55, 0.1, 0.1))
-    midtrain_mix: StageMix = field(default_factory=lambda: StageMix(0.2, 0.1, 0.6, 0.1))
-    # Share of reasoning documents whose solution is the answer alone (``Problem.short_solution``).
-    short_solutions: float = 0.25
+    pretrain_mix: StageMix = field(default_factory=lambda: StageMix(0.1, 0.7, 0.1, 0.1))
+    midtrain_mix: StageMix = field(default_factory=lambda: StageMix(0.2, 0.05, 0.65, 0.1))
+    # Share of reasoning documents whose solution is the answer alone (``Problem.short_solution``): enough
+    # for a policy to find the short form, few enough that sampling it is not most of a model's answers.
+    short_solutions: float = 0.1
 
     def __post_init__(self) -> None:
         if self.n_entities < 1:
@@ -167,9 +169,10 @@ class World:
             return knowledge.question_drill(rng, train_questions, rng.randint(3, 6))
         return knowledge.biography(rng, rng.choice(self.entities))
 
-    def _language_document(self, rng: random.Random) -> str:
+    def _language_document(self, rng: random.Random, split: Split = "train") -> str:
+        # Every sentence of a document belongs to its split (held-out sentences never occur in training text).
         lo, hi = self.config.sentences_per_document
-        return " ".join(self._sentence(rng, "train") for _ in range(rng.randint(lo, hi)))
+        return " ".join(self.grammar.document(rng, rng.randint(lo, hi), lambda s: self._in_split(s, split)))
 
     def _reasoning_document(self, rng: random.Random) -> str:
         # One problem per document: the EOS that follows it teaches the model to stop after "#### n",
@@ -181,13 +184,14 @@ class World:
     def _drill_document(self, rng: random.Random) -> str:
         return copy_drill(rng, self.config.reasoning)
 
-    def _sentence(self, rng: random.Random, split: Split) -> str:
+    def _in_split(self, sentence: str, split: Split) -> bool:
         # Rejection keeps the distribution of each split the grammar's, conditioned on the split.
-        for _ in range(_MAX_REJECTIONS):
-            s = self.grammar.sentence(rng)
-            if in_heldout(self._salt, f"language:{s}", self.config.heldout_fraction) == (split == "eval"):
-                return s
-        raise ValueError(f"no {split} sentence found in {_MAX_REJECTIONS} draws: check heldout_fraction")
+        return in_heldout(self._salt, f"language:{sentence}", self.config.heldout_fraction) == (
+            split == "eval"
+        )
+
+    def _sentence(self, rng: random.Random, split: Split) -> str:
+        return self.grammar.document(rng, 1, lambda s: self._in_split(s, split))[0]
 
     def _problem(self, rng: random.Random, split: Split) -> Problem:
         for _ in range(_MAX_REJECTIONS):
@@ -209,6 +213,14 @@ class World:
         _check_split(split)
         rng = random.Random(f"{self.config.seed}:language:{split}")
         return _distinct(n, lambda: self._sentence(rng, split), lambda s: s, "sentences")
+
+    def language_documents(self, n: int, split: Split = "eval") -> list[str]:
+        """``n`` language documents made as training's are, of ``split``'s sentences only."""
+        _check_split(split)
+        if n < 0:
+            raise ValueError(f"number of documents must be >= 0, got {n}")
+        rng = random.Random(f"{self.config.seed}:language-documents:{split}")
+        return [self._language_document(rng, split) for _ in range(n)]
 
     def reasoning_problems(self, n: int, split: Split = "train") -> list[Problem]:
         """``n`` problems of ``split`` with distinct canonical arithmetic (``Problem.key``). ``train``

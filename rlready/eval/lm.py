@@ -4,13 +4,16 @@
   and outside the top-k) and the entropy of the top-k renormalised on held-out tokens, from the fused loss's
   statistics (one pass, no ``[N, V]`` logits).
 - ``knowledge_accuracy``: greedy answers to held-out fact questions, exact match of the answer's words.
-- ``reasoning_eval``: greedy accuracy, and Avg@n, Cons@n, Pass@k of ``eval.samples`` samples per held-out
+- ``operand_copy``: the teacher-forced probe of copying a problem's numbers into its solution, the skill the
+  reasoning data needs first (docs/method.md §7).
+- ``reasoning_eval``: greedy accuracy, the operand-copy probe, and Avg@n, Cons@n, Pass@k of ``eval.samples`` samples per held-out
   problem (default temperature 0.7, top-p 0.95: the paper's Pass@k setting) from the evaluator the RL stage
   uses (``rlready.eval.reasoning``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -171,6 +174,57 @@ def knowledge_accuracy(
     return correct / len(questions)
 
 
+# A step of a solution ("7 + 3 = 10."): its first operand (copied from the question in the first step, carried
+# from the previous result after) and its second (always copied from the question).
+_STEP = re.compile(r"(\d+) [-+*] (\d+) = \d+\.")
+
+
+def _copied_operands(solution: str) -> list[int]:
+    """Character offsets, in ``solution``, of the numbers a solution copies from its question."""
+    spans = []
+    for i, m in enumerate(_STEP.finditer(solution)):
+        if i == 0:
+            spans.append(m.start(1))
+        spans.append(m.start(2))
+    return spans
+
+
+@torch.no_grad()
+def operand_copy(model: Any, tokenizer: Any, problems: Sequence[Any], *, batch_size: int = 64) -> float:
+    """Share of the operands a step-by-step solution copies from its question (the first step's two, every
+    later step's second) whose first digit is the model's top prediction, given the question and the solution
+    up to it (teacher forcing). The carried results and the arithmetic are not counted: this isolates the
+    skill that lets a model start a solution at all, which a small model learns late and by luck unless the
+    data teaches it (docs/method.md §5.1, §7). NaN without problems."""
+    if not problems:
+        return float("nan")
+    targets = []  # (problem index, token position of the operand's first digit)
+    texts = [p.prompt + p.solution for p in problems]
+    enc = tokenizer(texts, return_offsets_mapping=True)
+    for i, (p, offsets) in enumerate(zip(problems, enc["offset_mapping"], strict=True)):
+        for c in _copied_operands(p.solution):
+            char = len(p.prompt) + c
+            pos = next(t for t, (a, b) in enumerate(offsets) if a <= char < b)
+            targets.append((i, pos))
+    if not targets:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    hits = 0
+    for start in range(0, len(texts), batch_size):
+        ids = enc["input_ids"][start : start + batch_size]
+        width = max(len(x) for x in ids)
+        x = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in ids], device=device)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
+        top = model(input_ids=x, attention_mask=mask).logits.argmax(-1)
+        for i, pos in targets:
+            if start <= i < start + batch_size:
+                hits += int(top[i - start, pos - 1] == x[i - start, pos])
+    model.train(was_training)
+    return hits / len(targets)
+
+
 def reasoning_eval(model: Any, tokenizer: Any, problems: Sequence[Any], cfg: Any) -> dict[str, Any]:
     """Greedy accuracy (``reasoning``) plus the held-out Avg@k, Cons@k and Pass@k of RL's evaluation
     (:func:`rlready.eval.reasoning.evaluate_reasoning`): RL's sampler, seed and reward on the same weights, so
@@ -186,7 +240,7 @@ def reasoning_eval(model: Any, tokenizer: Any, problems: Sequence[Any], cfg: Any
         reward=WORLD_REWARD,
     )
     greedy = _greedy_accuracy(model, tokenizer, problems, cfg.eval.max_new_tokens)
-    return {"reasoning": greedy, **sampled}
+    return {"reasoning": greedy, "operand_copy": operand_copy(model, tokenizer, problems), **sampled}
 
 
 def _greedy_accuracy(model: Any, tokenizer: Any, problems: Sequence[Any], max_new_tokens: int) -> float:
@@ -208,4 +262,5 @@ def periodic_eval(model: Any, data: Any, cfg: Any) -> dict[str, float]:
         out["knowledge"] = knowledge_accuracy(model, data.tokenizer, questions)
         problems = data.world.reasoning_problems(cfg.eval.reasoning_problems, split="eval")
         out["reasoning"] = _greedy_accuracy(model, data.tokenizer, problems, cfg.eval.max_new_tokens)
+        out["operand_copy"] = operand_copy(model, data.tokenizer, problems)
     return out

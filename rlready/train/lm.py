@@ -50,11 +50,11 @@ def cache_dir(cfg: RunConfig) -> Path:
 def _heldout_world_text(world: Any, stage: str, n_chars: int) -> list[str]:
     """Held-out documents in the stage's mix, built only from the world's evaluation splits."""
     mix = world.config.pretrain_mix if stage == "pretrain" else world.config.midtrain_mix
-    sentences = world.language_sentences(max(8, int(n_chars * mix.language / 60)))
+    lo, hi = world.config.sentences_per_document
+    docs = world.language_documents(max(2, int(n_chars * mix.language / (60 * (lo + hi) / 2))))
     # Easy worlds have few distinct problems; a held-out set of up to 200 is plenty for perplexity.
     problems = world.reasoning_problems(max(4, min(200, int(n_chars * mix.reasoning / 150))), split="eval")
     questions = world.knowledge_questions("eval")
-    docs = [" ".join(sentences[i : i + 5]) for i in range(0, len(sentences), 5)]
     docs += [p.prompt + p.solution for p in problems]
     docs += [q.prompt + q.answer for q in questions[: max(4, int(n_chars * mix.knowledge / 40))]]
     return docs
