@@ -7,11 +7,12 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 PRESET ?= tiny
 OUT    ?= runs/study-$(PRESET)
+SEEDS  ?= 8
 # A second environment with the lowest transformers that pyproject allows, for `make test-compat`.
 OLDEST ?= .venv-oldest
 OLDEST_TRANSFORMERS ?= $(shell sed -n 's/^ *"transformers>=\([0-9.]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: setup test test-slow test-all test-bridges test-compat lint study bench clean
+.PHONY: setup test test-slow test-all test-bridges test-compat lint study study-seeds bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +58,10 @@ lint: setup
 
 study: setup
 	$(VENV)/bin/rlready study --preset $(PRESET) --out $(OUT)
+
+# The seed-paired study of the entropy knob (README): CE, beta=-0.25 and beta=0.5 through RL, SEEDS seeds each.
+study-seeds: setup
+	$(VENV)/bin/rlready study --preset $(PRESET) --configs beta --seeds $(SEEDS) --out runs/study-beta-$(PRESET)
 
 bench: setup
 	$(PY) -m pip install -q -e ".[bench,profile]"

@@ -66,7 +66,7 @@ def _small_pretrain() -> RunConfig:
         tiny,
         data=replace(tiny.data, reasoning_max_steps=3),
         eval=replace(
-            tiny.eval, tokens=65536, knowledge_questions=200, reasoning_problems=64, max_new_tokens=64
+            tiny.eval, tokens=65536, knowledge_questions=200, reasoning_problems=64, max_new_tokens=72
         ),
     )
 
@@ -98,9 +98,10 @@ _PRETRAIN: dict[str, Callable[[], RunConfig]] = {
 
 # -- mid-training ----------------------------------------------------------------------------------------
 
-# Mid-training steps where a third of pre-training is too short. The tiny model learns to copy the operands
-# of a word problem only after about 600 steps in all, and RL needs a mid-trained model that already solves
-# a fair share of problems (docs/method.md §9; the runs behind it: BENCHMARKS.md, "Preset sizing notes").
+# Mid-training steps where a third of pre-training is too short: the tiny model copies a problem's numbers
+# by step 200, but its confidence in them and in the arithmetic still grows at 400, and RL needs a
+# mid-trained model that already solves a fair share of problems (docs/method.md §9; the runs behind it:
+# BENCHMARKS.md, "Preset sizing notes").
 _MIDTRAIN_STEPS = {"tiny": 400, "small": 600}
 
 
@@ -195,8 +196,8 @@ def _small_rl() -> RunConfig:
     tiny = _tiny_rl()
     return replace(
         tiny,
-        rl=replace(tiny.rl, task_max_steps=3, max_new_tokens=64),
-        eval=replace(tiny.eval, reasoning_problems=128, max_new_tokens=64),
+        rl=replace(tiny.rl, task_max_steps=3, max_new_tokens=72),  # a retold three-step solution: up to ~65
+        eval=replace(tiny.eval, reasoning_problems=128, max_new_tokens=72),
     )
 
 

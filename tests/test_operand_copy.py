@@ -1,5 +1,5 @@
 """The teacher-forced operand-copy probe (rlready.eval.lm.operand_copy) against references computed from the
-solution text: models that know every next token, none of the operands, or all but one digit."""
+solution text: models that know every next token, or all but one digit."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from rlready.data.reasoning import ReasoningConfig
 from rlready.data.tokenizer import train_tokenizer
 from rlready.data.world import World, WorldConfig
-from rlready.eval.lm import _copied_operands, operand_copy
+from rlready.eval.lm import _copied_numbers, operand_copy
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +37,17 @@ class _Teacher(torch.nn.Module):
         return SimpleNamespace(logits=torch.nn.functional.one_hot(nxt, self.vocab).float())
 
 
-def test_copied_operands_are_the_first_steps_two_and_every_later_second() -> None:
-    sol = " 7 + 13 = 20. 20 - 2 = 18. 18 * 3 = 54.\n#### 54"
-    assert [sol[i : i + 2].strip(" .") for i in _copied_operands(sol)] == ["7", "13", "2", "3"]
-    assert _copied_operands(" #### 5") == []  # an answer-only solution copies nothing
+def test_copied_numbers_are_those_of_the_retold_sentences() -> None:
+    sol = " Mia has 7 apples. She buys 13 more. 7 + 13 = 20. Then she has 3 times as many. 20 * 3 = 60.\n#### 60"
+    assert [sol[i : i + 2].strip(" .") for i in _copied_numbers(sol)] == ["7", "13", "3"]
+    assert _copied_numbers(" #### 5") == []  # an answer-only solution copies nothing
+
+
+def test_every_problem_retells_numbers_the_question_has(world_and_tok) -> None:
+    w, _ = world_and_tok
+    for p in w.reasoning_problems(50, split="eval"):
+        copied = [re.match(r"\d+", p.solution[i:]).group() for i in _copied_numbers(p.solution)]
+        assert copied == re.findall(r"\d+", p.prompt)  # every number of the question, in order
 
 
 def test_a_model_that_knows_the_next_token_copies_everything(world_and_tok) -> None:
@@ -49,10 +56,10 @@ def test_a_model_that_knows_the_next_token_copies_everything(world_and_tok) -> N
     assert operand_copy(_Teacher(len(tok)), tok, problems, batch_size=4) == 1.0  # three padded batches
 
 
-def test_share_equals_the_operands_that_do_not_start_with_the_unknown_digit(world_and_tok) -> None:
+def test_share_equals_the_numbers_that_do_not_start_with_the_unknown_digit(world_and_tok) -> None:
     w, tok = world_and_tok
     problems = w.reasoning_problems(24, split="eval")
-    starts = [p.solution[i] for p in problems for i in _copied_operands(p.solution)]
+    starts = [p.solution[i] for p in problems for i in _copied_numbers(p.solution)]
     for digit in "123":
         # the digit's token with and without the space the pre-tokenizer keeps on it
         wrong = frozenset(tok.convert_tokens_to_ids([f"Ġ{digit}", digit]))

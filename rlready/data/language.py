@@ -6,7 +6,7 @@ anything else, yet hundreds of other words are possible. That is the shape the k
 mass between a likely continuation (probability about 0.2-0.8) and its tail, ``lam_tail`` between the top-k
 and the rest (docs/method.md §3, §10). So every open word class here has hundreds of members (the listed
 words plus invented rare ones, as rare words and names are in real text), and each word slot is a
-collocation: the previous word prefers one successor with probability 0.5-0.8, drawn once per world, and
+collocation: the previous word prefers one successor with probability 0.6-0.8, drawn once per world, and
 otherwise the successor comes from the class's Zipf law. Invented words span several tokens, whose
 continuations are near-deterministic.
 
@@ -128,7 +128,6 @@ class Grammar:
         verbs = [w for pair in zip(vt, vi, strict=False) for w in pair] + vt[len(vi) :]  # listed ones first
         verb, adv = Zipf(verbs, rng, _ZIPF, shuffle=False), Zipf(adverbs, rng, _ZIPF, shuffle=False)
         self.det_adj = Collocations(DETERMINERS, adj, rng)
-        self.det_noun = Collocations(DETERMINERS, noun, rng)
         self.adj_noun = Collocations(adjectives, noun, rng)
         self.noun_verb = Collocations(nouns, verb, rng)
         self.verb_det = Collocations(vt, self.det, rng)

@@ -104,8 +104,9 @@ def make_problem(rng: random.Random, config: ReasoningConfig) -> Problem:
 def copy_drill(rng: random.Random, config: ReasoningConfig) -> str:
     """Drills of the one skill every solution needs first: copying numbers from the question.
 
-    Three kinds, one per line: a list repeated (``Copy: 4 8 1. Again: 4 8 1.``), a story with no operation
-    retold as a solution retells it, and one operation's arithmetic (``7 + 3 = 10.``). Taught from
+    Three kinds: a list repeated (``Copy: 4 8 1. Again: 4 8 1.``), a story with no operation retold as a
+    solution retells it (three lines, as a problem and its solution take), and one operation's arithmetic
+    (``7 + 3 = 10.``). Taught from
     the start of pre-training, they let every seed learn to copy operands before mid-training instead of only
     some seeds late in it (docs/method.md §5.1).
     """
@@ -126,9 +127,9 @@ def copy_drill(rng: random.Random, config: ReasoningConfig) -> str:
 
 
 def _arithmetic_line(rng: random.Random, config: ReasoningConfig) -> str:
-    """One operation as a solution writes it. The first operand is, half of the time, in the range of a
-    result carried from an earlier step (up to ``max_operand * max_multiplier``), whose facts problems alone
-    show too rarely to learn."""
+    """One operation as a solution writes it. The first operand is, half of the time, up to ``max_operand *
+    max_multiplier``: the range of most results carried from an earlier step, whose facts problems alone
+    show too rarely to learn (a product of carried results can go higher)."""
     carried = config.max_operand * config.max_multiplier
     a = rng.randint(1, carried if rng.random() < 0.5 else config.max_operand)
     op = rng.choice(config.operations)

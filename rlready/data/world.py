@@ -35,7 +35,7 @@ Split = Literal["train", "eval"]
 STAGES = ("pretrain", "midtrain")
 SPLITS = ("train", "eval")
 # Bump when a code change alters the generated text, so cached token shards of the old text are not reused.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 _MAX_REJECTIONS = 10_000  # a split this rare means a degenerate config, not bad luck
 
 

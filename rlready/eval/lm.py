@@ -4,8 +4,8 @@
   and outside the top-k) and the entropy of the top-k renormalised on held-out tokens, from the fused loss's
   statistics (one pass, no ``[N, V]`` logits).
 - ``knowledge_accuracy``: greedy answers to held-out fact questions, exact match of the answer's words.
-- ``operand_copy``: the teacher-forced probe of copying a problem's numbers into its solution, the skill the
-  reasoning data needs first (docs/method.md §7).
+- ``operand_copy``: the teacher-forced probe of copying a problem's numbers into the sentences its solution
+  retells, the skill the reasoning data needs first (docs/method.md §7).
 - ``reasoning_eval``: greedy accuracy, the operand-copy probe, and Avg@n, Cons@n, Pass@k of ``eval.samples`` samples per held-out
   problem (default temperature 0.7, top-p 0.95: the paper's Pass@k setting) from the evaluator the RL stage
   uses (``rlready.eval.reasoning``).
@@ -174,35 +174,36 @@ def knowledge_accuracy(
     return correct / len(questions)
 
 
-# A step of a solution ("7 + 3 = 10."): its first operand (copied from the question in the first step, carried
-# from the previous result after) and its second (always copied from the question).
-_STEP = re.compile(r"(\d+) [-+*] (\d+) = \d+\.")
+# A solution retells its question and computes after each operation's sentence (rlready/data/reasoning.py):
+# "Mia has 7 apples. She buys 3 more. 7 + 3 = 10. ...". The numbers of the retold sentences are copies of the
+# question's; those of the arithmetic repeat a number a few tokens back or are computed.
+_STEP = re.compile(r"\d+ [-+*] \d+ = \d+\.")
+_NUMBER = re.compile(r"\d+")
+_MAX_LOGITS = 2**25  # logits per batch of the probe: bounded memory at any vocabulary size
 
 
-def _copied_operands(solution: str) -> list[int]:
-    """Character offsets, in ``solution``, of the numbers a solution copies from its question."""
-    spans = []
-    for i, m in enumerate(_STEP.finditer(solution)):
-        if i == 0:
-            spans.append(m.start(1))
-        spans.append(m.start(2))
-    return spans
+def _copied_numbers(solution: str) -> list[int]:
+    """Character offsets, in ``solution``, of the numbers it copies from its question: those of the retold
+    sentences, not of the arithmetic or the final ``#### n``."""
+    body = solution.split("####")[0]
+    steps = [m.span() for m in _STEP.finditer(body)]
+    return [m.start() for m in _NUMBER.finditer(body) if not any(a <= m.start() < b for a, b in steps)]
 
 
 @torch.no_grad()
 def operand_copy(model: Any, tokenizer: Any, problems: Sequence[Any], *, batch_size: int = 64) -> float:
-    """Share of the operands a step-by-step solution copies from its question (the first step's two, every
-    later step's second) whose first digit is the model's top prediction, given the question and the solution
-    up to it (teacher forcing). The carried results and the arithmetic are not counted: this isolates the
-    skill that lets a model start a solution at all, which a small model learns late and by luck unless the
-    data teaches it (docs/method.md §5.1, §7). NaN without problems."""
+    """Share of the numbers a solution copies from its question (those of the sentences it retells) whose
+    first digit is the model's top prediction, given the question and the solution up to it (teacher
+    forcing). The arithmetic is not counted: this isolates the skill that lets a model start a solution at
+    all, copying the question's numbers by finding the phrase it has just repeated, which a small model learns
+    late and by luck unless the data teaches it (docs/method.md §5.1, §7). NaN without such numbers."""
     if not problems:
         return float("nan")
-    targets = []  # (problem index, token position of the operand's first digit)
+    targets = []  # (problem index, token position of the number's first digit)
     texts = [p.prompt + p.solution for p in problems]
     enc = tokenizer(texts, return_offsets_mapping=True)
     for i, (p, offsets) in enumerate(zip(problems, enc["offset_mapping"], strict=True)):
-        for c in _copied_operands(p.solution):
+        for c in _copied_numbers(p.solution):
             char = len(p.prompt) + c
             pos = next(t for t, (a, b) in enumerate(offsets) if a <= char < b)
             targets.append((i, pos))
@@ -211,10 +212,11 @@ def operand_copy(model: Any, tokenizer: Any, problems: Sequence[Any], *, batch_s
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    width = max(len(x) for x in enc["input_ids"])
+    batch_size = max(1, min(batch_size, _MAX_LOGITS // (width * len(tokenizer))))
     hits = 0
     for start in range(0, len(texts), batch_size):
         ids = enc["input_ids"][start : start + batch_size]
-        width = max(len(x) for x in ids)
         x = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in ids], device=device)
         mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
         top = model(input_ids=x, attention_mask=mask).logits.argmax(-1)
