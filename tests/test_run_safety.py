@@ -196,6 +196,16 @@ def test_sigterm_during_rl_start_up_or_its_first_evaluation_exits_3_with_the_mes
     assert not (out / "eval_initial.json").exists()
 
 
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (Linux: the SigCgt mask of /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) >> (sig - 1) & 1)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_while_the_command_starts_exits_3_with_the_message(env, tmp_path, sig):
     """Seconds go by importing torch and transformers before a stage handles its own signals."""
@@ -206,7 +216,14 @@ def test_a_signal_while_the_command_starts_exits_3_with_the_message(env, tmp_pat
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.5)
+    # As soon as the command has its start-up handlers (installed together, before the heavy imports), not
+    # after a fixed delay: on a loaded machine the interpreter alone can outlast any delay, and a SIGINT that
+    # a test runner's worker ignores stays ignored until then. Python catches SIGINT from its own start, so
+    # the sign is SIGTERM, which only the command catches.
+    deadline = time.monotonic() + 60
+    while not _catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # the second handler of the pair
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, err
