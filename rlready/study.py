@@ -86,7 +86,7 @@ DEFAULT_CONFIGS = (
     StudyConfig("beta=-0.5", LossConfig(beta="-0.5", k=10), until="pretrain"),
     StudyConfig("beta=1", LossConfig(beta="1", k=10), until="pretrain"),
 )
-# The multi-seed study of the entropy knob (README, "Seed-paired study"): CE and the paper's two beta values,
+# The multi-seed study of the entropy knob (README, "Five seeds, paired"): CE and the paper's two beta values,
 # through RL, compared seed by seed.
 BETA_CONFIGS = DEFAULT_CONFIGS[:3]
 # Named configuration sets for --configs (a file path is read instead).
