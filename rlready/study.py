@@ -101,17 +101,19 @@ _FIELDS = ("name", *LOSS_KNOBS, "until")
 def load_configs(path: str | Path) -> list[StudyConfig]:
     """A named set of ``CONFIG_SETS``, or a YAML/TOML list of ``{name, beta, lam_head, lam_tail, k}`` (TOML:
     ``[[configs]]`` tables)."""
-    if str(path) in CONFIG_SETS and not Path(path).exists():
-        return list(CONFIG_SETS[str(path)])
-    return _load_study_file(path)[0]
+    named = _named_set(path)
+    return list(named) if named is not None else _load_study_file(path)[0]
 
 
 def load_claims(path: str | Path) -> list[Any]:
     """The claims a configurations file adds (``claims:`` next to ``configs:``; rlready/report/claims.py);
     none for a named set."""
-    if str(path) in CONFIG_SETS and not Path(path).exists():
-        return []
-    return _load_study_file(path)[1]
+    return [] if _named_set(path) is not None else _load_study_file(path)[1]
+
+
+def _named_set(path: str | Path) -> tuple[StudyConfig, ...] | None:
+    """The configurations ``path`` names in ``CONFIG_SETS``, unless a file of that name exists (read instead)."""
+    return CONFIG_SETS.get(str(path)) if not Path(path).exists() else None
 
 
 def _load_study_file(path: str | Path) -> tuple[list[StudyConfig], list[Any]]:

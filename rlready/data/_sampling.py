@@ -11,6 +11,9 @@ import itertools
 import random
 from collections.abc import Sequence
 
+# Draws a split-conditioned rejection loop may take: a split this rare means a degenerate config, not bad luck.
+MAX_REJECTIONS = 10_000
+
 
 class Zipf:
     """Draw items with weights ``1 / rank**exponent`` (a Zipf-like law, like word frequencies).

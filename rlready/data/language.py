@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
-from rlready.data._sampling import Zipf
+from rlready.data._sampling import MAX_REJECTIONS, Zipf
 
 DETERMINERS = [
     "the", "a", "every", "some", "this", "that", "one", "no", "each", "my", "our", "another", "his", "her",
@@ -67,7 +67,6 @@ _SIZES = {"adj": 200, "noun": 300, "verb": 200, "adv": 80}
 _PREFERRED = (0.6, 0.8)  # probability of a word's preferred successor, drawn per word and world
 _ZIPF = 0.7  # exponent of the tail over a class
 _SECOND_CLAUSE = 0.1  # "..., and ..." : rare, so the end of a clause is a near-deterministic "."
-_MAX_REDRAWS = 10_000  # a split this rare means a degenerate config, not bad luck
 Phrase = tuple[str, str]  # a noun phrase without its determiner: (adjective, noun)
 _ANAPHORA = 0.3  # share of sentences whose subject is the previous sentence's last noun phrase, as "the ..."
 
@@ -166,12 +165,12 @@ class Grammar:
         last: Phrase | None = None
         for _ in range(n):
             subject = last if last is not None and rng.random() < _ANAPHORA else None
-            for _ in range(_MAX_REDRAWS):
+            for _ in range(MAX_REJECTIONS):
                 text, phrase = self.sentence(rng, subject)
                 if accept(text):
                     break
             else:
-                raise ValueError(f"no acceptable sentence in {_MAX_REDRAWS} draws: check heldout_fraction")
+                raise ValueError(f"no acceptable sentence in {MAX_REJECTIONS} draws: check heldout_fraction")
             out.append(text)
             last = phrase
         return out

@@ -27,6 +27,7 @@ ITEMS = ["apples", "coins", "books", "marbles", "stickers", "shells", "cards", "
 ADD_PHRASES = ["{p} buys {b} more.", "{p} finds {b} more.", "{p} is given {b} more.", "{p} wins {b} more."]
 SUB_PHRASES = ["{p} gives away {b}.", "{p} loses {b}.", "{p} sells {b}.", "{p} uses {b}."]
 MUL_PHRASES = ["Then the number of {items} is multiplied by {b}.", "Then {p} ends up with {b} times as many."]
+PHRASES = {"+": ADD_PHRASES, "-": SUB_PHRASES, "*": MUL_PHRASES}
 OPERATIONS = ("+", "-", "*")
 
 
@@ -55,8 +56,9 @@ class ReasoningConfig:
 @dataclass(frozen=True)
 class Problem:
     """A word problem. ``prompt`` ends with ``A:``; ``solution`` is the step-by-step completion (the question
-    retold with each operation's arithmetic after its sentence), including the final ``#### n`` line; ``answer`` is ``n`` as a string; ``key`` is the canonical arithmetic (e.g.
-    ``"5+3-2"``), shared by problems that differ only in names and objects."""
+    retold with each operation's arithmetic after its sentence), including the final ``#### n`` line;
+    ``answer`` is ``n`` as a string; ``key`` is the canonical arithmetic (e.g. ``"5+3-2"``), shared by
+    problems that differ only in names and objects."""
 
     prompt: str
     solution: str
@@ -82,16 +84,8 @@ def make_problem(rng: random.Random, config: ReasoningConfig) -> Problem:
         op = rng.choice(config.operations)
         if op == "-" and value < 2:
             op = "+"  # nothing sensible to take away; keep the step count
-        if op == "+":
-            b = rng.randint(1, config.max_operand)
-            phrase, new = rng.choice(ADD_PHRASES), value + b
-        elif op == "-":
-            b = rng.randint(1, min(value, config.max_operand))
-            phrase, new = rng.choice(SUB_PHRASES), value - b
-        else:
-            b = rng.randint(2, config.max_multiplier)
-            phrase, new = rng.choice(MUL_PHRASES), value * b
-        text = phrase.format(p=pronoun, b=b, items=items)
+        b, new = _operation(rng, config, op, value)
+        text = rng.choice(PHRASES[op]).format(p=pronoun, b=b, items=items)
         story.append(text[0].upper() + text[1:])
         steps += [story[-1], f"{value} {op} {b} = {new}."]
         key += f"{op}{b}"
@@ -106,9 +100,8 @@ def copy_drill(rng: random.Random, config: ReasoningConfig) -> str:
 
     Three kinds: a list repeated (``Copy: 4 8 1. Again: 4 8 1.``), a story with no operation retold as a
     solution retells it (three lines, as a problem and its solution take), and one operation's arithmetic
-    (``7 + 3 = 10.``). Taught from
-    the start of pre-training, they let every seed learn to copy operands before mid-training instead of only
-    some seeds late in it (docs/method.md §5.1).
+    (``7 + 3 = 10.``). Taught from the start of pre-training, they let every seed learn to copy operands
+    before mid-training instead of only some seeds late in it (docs/method.md §5.1).
     """
     lines = []
     for _ in range(rng.randint(3, 6)):
@@ -133,14 +126,21 @@ def _arithmetic_line(rng: random.Random, config: ReasoningConfig) -> str:
     carried = config.max_operand * config.max_multiplier
     a = rng.randint(1, carried if rng.random() < 0.5 else config.max_operand)
     op = rng.choice(config.operations)
+    b, value = _operation(rng, config, op, a)
+    return f"{a} {op} {b} = {value}."
+
+
+def _operation(rng: random.Random, config: ReasoningConfig, op: str, a: int) -> tuple[int, int]:
+    """The second operand of ``a op b`` within the difficulty knobs, and the result; subtraction takes away
+    at most ``a``, so results never go below zero."""
     if op == "+":
         b = rng.randint(1, config.max_operand)
-    elif op == "-":
+        return b, a + b
+    if op == "-":
         b = rng.randint(1, min(a, config.max_operand))
-    else:
-        b = rng.randint(2, config.max_multiplier)
-    value = {"+": a + b, "-": a - b, "*": a * b}[op]
-    return f"{a} {op} {b} = {value}."
+        return b, a - b
+    b = rng.randint(2, config.max_multiplier)
+    return b, a * b
 
 
 def is_heldout_problem(salt: str, problem: Problem, fraction: float) -> bool:

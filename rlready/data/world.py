@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from rlready.data import knowledge
-from rlready.data._sampling import in_heldout
+from rlready.data._sampling import MAX_REJECTIONS, in_heldout
 from rlready.data.language import Grammar
 from rlready.data.reasoning import Problem, ReasoningConfig, copy_drill, is_heldout_problem, make_problem
 
@@ -36,7 +36,6 @@ STAGES = ("pretrain", "midtrain")
 SPLITS = ("train", "eval")
 # Bump when a code change alters the generated text, so cached token shards of the old text are not reused.
 GENERATOR_VERSION = 5
-_MAX_REJECTIONS = 10_000  # a split this rare means a degenerate config, not bad luck
 
 
 @dataclass(frozen=True)
@@ -194,11 +193,11 @@ class World:
         return self.grammar.document(rng, 1, lambda s: self._in_split(s, split))[0]
 
     def _problem(self, rng: random.Random, split: Split) -> Problem:
-        for _ in range(_MAX_REJECTIONS):
+        for _ in range(MAX_REJECTIONS):
             p = make_problem(rng, self.config.reasoning)
             if is_heldout_problem(self._salt, p, self.config.heldout_fraction) == (split == "eval"):
                 return p
-        raise ValueError(f"no {split} problem found in {_MAX_REJECTIONS} draws: widen the reasoning config")
+        raise ValueError(f"no {split} problem found in {MAX_REJECTIONS} draws: widen the reasoning config")
 
     # -- evaluation splits and RL prompts -----------------------------------------------------------
 

@@ -6,9 +6,9 @@
 - ``knowledge_accuracy``: greedy answers to held-out fact questions, exact match of the answer's words.
 - ``operand_copy``: the teacher-forced probe of copying a problem's numbers into the sentences its solution
   retells, the skill the reasoning data needs first (docs/method.md §7).
-- ``reasoning_eval``: greedy accuracy, the operand-copy probe, and Avg@n, Cons@n, Pass@k of ``eval.samples`` samples per held-out
-  problem (default temperature 0.7, top-p 0.95: the paper's Pass@k setting) from the evaluator the RL stage
-  uses (``rlready.eval.reasoning``).
+- ``reasoning_eval``: greedy accuracy, the operand-copy probe, and Avg@n, Cons@n, Pass@k of ``eval.samples``
+  samples per held-out problem (default temperature 0.7, top-p 0.95: the paper's Pass@k setting) from the
+  evaluator the RL stage uses (``rlready.eval.reasoning``).
 """
 
 from __future__ import annotations
