@@ -20,7 +20,7 @@ from rlready.report.claims import (
     study_configs,
 )
 from rlready.report.report import write_report
-from rlready.study import DEFAULT_CONFIGS, load_claims, load_configs
+from rlready.study import DEFAULT_CONFIGS, PAPER_CONFIGS, load_claims, load_configs
 
 pytestmark = pytest.mark.filterwarnings("ignore:No artists with labels")  # no metrics.jsonl behind runs
 
@@ -108,8 +108,8 @@ def test_without_a_neutral_configuration_only_the_ordering_and_the_gain_remain()
     ]
 
 
-def test_the_default_configurations_get_the_papers_claims() -> None:
-    claims = default_claims([c.to_dict() for c in DEFAULT_CONFIGS])
+def test_the_paper_configurations_get_the_papers_claims() -> None:
+    claims = default_claims([c.to_dict() for c in PAPER_CONFIGS])
     texts = _texts(claims)
     assert "Entropy gap beta=0.5 - beta=-0.25 is at least 10% of CE's entropy after pre-training" in texts
     gap = claims[
@@ -125,7 +125,13 @@ def test_the_default_configurations_get_the_papers_claims() -> None:
     assert "lam_head=0.1: keeps Pass@k after RL at least CE's" in texts  # no runs: the generic key
     assert len(texts) == len(set(texts))
     compared = {c.config for c in claims} | {c.baseline for c in claims}
-    assert compared - {None} == {c.name for c in DEFAULT_CONFIGS}
+    assert compared - {None} == {c.name for c in PAPER_CONFIGS}
+    # The default set pre-trains the lam arms only: their claims after pre-training, none after RL.
+    default = _texts(default_claims([c.to_dict() for c in DEFAULT_CONFIGS]))
+    assert "lam_tail=-1: tail mass at most 0.8x CE's after pre-training" in default
+    assert "lam_head=0.1: higher within-head entropy than CE after pre-training" in default
+    assert not [t for t in default if t.startswith("lam_") and "after RL" in t]
+    assert "beta=0.5: Avg@k after RL below CE's" in default
 
 
 def test_a_claim_names_a_configuration_by_name_or_by_knobs() -> None:

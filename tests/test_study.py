@@ -12,36 +12,41 @@ from rlready.config import ConfigError, LossConfig
 from rlready.report.claims import claims_entries
 from rlready.report.report import write_report
 from rlready.report.summary import collect, read_metrics
-from rlready.study import DEFAULT_CONFIGS, Job, StudyConfig, load_configs, stage_overrides
+from rlready.study import DEFAULT_CONFIGS, PAPER_CONFIGS, Job, StudyConfig, load_configs, stage_overrides
 
 
-def test_default_configurations_are_the_papers_five_and_a_beta_dose_response() -> None:
+def _row(name: str, beta: str = "0.0", lam_head: str = "0.0", lam_tail: str = "0.0", **until: str) -> dict:
+    return {"name": name, "beta": beta, "lam_head": lam_head, "lam_tail": lam_tail, "k": 10, **until}
+
+
+def test_default_configurations_run_the_beta_arms_through_rl_and_pretrain_the_others() -> None:
     # As study.json records them: a resumed study compares these with its saved settings.
+    pre = {"until": "pretrain"}
     assert [c.to_dict() for c in DEFAULT_CONFIGS] == [
-        {"name": "CE", "beta": "0.0", "lam_head": "0.0", "lam_tail": "0.0", "k": 10},
-        {"name": "beta=-0.25", "beta": "-0.25", "lam_head": "0.0", "lam_tail": "0.0", "k": 10},
-        {"name": "beta=0.5", "beta": "0.5", "lam_head": "0.0", "lam_tail": "0.0", "k": 10},
-        {"name": "lam_tail=-1", "beta": "0.0", "lam_head": "0.0", "lam_tail": "-1", "k": 10},
-        {"name": "lam_head=0.1", "beta": "0.0", "lam_head": "0.1", "lam_tail": "0.0", "k": 10},
-        {
-            "name": "beta=-1",
-            "beta": "-1",
-            "lam_head": "0.0",
-            "lam_tail": "0.0",
-            "k": 10,
-            "until": "pretrain",
-        },
-        {
-            "name": "beta=-0.5",
-            "beta": "-0.5",
-            "lam_head": "0.0",
-            "lam_tail": "0.0",
-            "k": 10,
-            "until": "pretrain",
-        },
-        {"name": "beta=1", "beta": "1", "lam_head": "0.0", "lam_tail": "0.0", "k": 10, "until": "pretrain"},
+        _row("CE"),
+        _row("beta=-0.25", "-0.25"),
+        _row("beta=0.5", "0.5"),
+        _row("lam_tail=-1", lam_tail="-1", **pre),
+        _row("lam_head=0.1", lam_head="0.1", **pre),
+        _row("beta=-1", "-1", **pre),
+        _row("beta=-0.5", "-0.5", **pre),
+        _row("beta=1", "1", **pre),
     ]
-    assert [c.stages for c in DEFAULT_CONFIGS][-1] == ("pretrain",)
+
+
+def test_the_paper_set_runs_its_five_configurations_through_rl() -> None:
+    paper = load_configs("paper")
+    assert [c.name for c in paper if c.until == "rl"] == [
+        "CE",
+        "beta=-0.25",
+        "beta=0.5",
+        "lam_tail=-1",
+        "lam_head=0.1",
+    ]
+    assert [c.name for c in paper if c.until == "pretrain"] == ["beta=-1", "beta=-0.5", "beta=1"]
+    # The same knobs as the default set: only how far each configuration runs differs.
+    assert [c.loss for c in paper] == [c.loss for c in DEFAULT_CONFIGS]
+    assert load_configs("default") == list(DEFAULT_CONFIGS)
 
 
 def test_a_configuration_may_stop_after_pretraining(tmp_path: Path) -> None:
@@ -80,7 +85,7 @@ def test_named_config_sets_and_a_file_of_that_name(tmp_path: Path, monkeypatch: 
         ("beta=-0.25", "-0.25", "rl"),
         ("beta=0.5", "0.5", "rl"),
     ]
-    assert load_configs("paper") == list(DEFAULT_CONFIGS) and load_claims("beta") == []
+    assert load_claims("beta") == [] and load_claims("paper") == []
     monkeypatch.chdir(tmp_path)  # a file called "beta" is read, not shadowed by the set
     (tmp_path / "beta").write_text("configs = [{name = 'mine', beta = 0.25}]\n")
     with pytest.raises(ConfigError):  # no YAML/TOML suffix: refused as the file it is
@@ -171,7 +176,7 @@ def _fake_study(root: Path, seeds: int = 2) -> list[Job]:
     jobs = []
     entropy = {"CE": 2.4, "beta=-0.25": 2.2, "beta=0.5": 2.6, "lam_tail=-1": 2.3, "lam_head=0.1": 2.5}
     entropy |= {"beta=-1": 1.8, "beta=-0.5": 2.0, "beta=1": 2.8}
-    for c in DEFAULT_CONFIGS:
+    for c in PAPER_CONFIGS:
         for s in range(seeds):
             job = Job(c, s, root / "runs" / f"{c.name}-s{s}")
             e = entropy[c.name] + 0.01 * s
@@ -249,7 +254,7 @@ def test_the_study_writes_its_claims_into_summary_json(
     _fake_study(tmp_path)  # every stage finished: nothing is scheduled
     monkeypatch.setattr(study, "schedule", lambda jobs, parallel, run: None)
     own = Claim("lam_head=0.1 keeps Avg@k", "rl", "avg@k", "lam_head=0.1", "CE", "at_least", 0.05)
-    study._run_jobs(tmp_path, list(DEFAULT_CONFIGS), 2, "tiny", [], 1, None, False, [own])
+    study._run_jobs(tmp_path, list(PAPER_CONFIGS), 2, "tiny", [], 1, None, False, [own])
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert all(
         (run["rl_dynamics"]["entropy_drop"] is not None) == (run.get("until", "rl") == "rl")
