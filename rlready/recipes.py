@@ -36,12 +36,17 @@ PAPER_PRESETS = ("dense-1b", "dense-4b", "moe-5b-a0.3b", "moe-10b-a0.5b", "moe-2
 
 
 def _cpu_pretrain(**train: Any) -> RunConfig:
-    """The CPU presets' pre-training: 300 steps of 16 sequences of 128 tokens, lr 3e-3 after 30 warmup steps,
-    decaying to 3e-4 (docs/method.md §9); ``train`` adds to the ``TrainConfig``."""
+    """The CPU presets' pre-training: 600 steps of 8 sequences of 128 tokens, lr 3e-3 after 60 warmup steps,
+    decaying to 3e-4 (docs/method.md §9); ``train`` adds to the ``TrainConfig``.
+
+    Small batches because at this scale the number of updates, more than of tokens, decides when a model
+    learns to copy a problem's numbers (what every solution needs first): on the same tokens and time, 600 x 8
+    sequences reach a lower perplexity than 300 x 16, and more seeds learn to copy in mid-training
+    (BENCHMARKS.md, "Preset sizing notes")."""
     return RunConfig(
         data=DataConfig(seq_len=128, vocab_size=2048),
         train=TrainConfig(
-            max_steps=300, batch_size=16, micro_batch=16, lr=3e-3, final_lr=3e-4, warmup_steps=30, **train
+            max_steps=600, batch_size=8, micro_batch=8, lr=3e-3, final_lr=3e-4, warmup_steps=60, **train
         ),
     )
 
@@ -49,7 +54,7 @@ def _cpu_pretrain(**train: Any) -> RunConfig:
 def _tiny_pretrain() -> RunConfig:
     # Arithmetic with one-digit operands and at most two operations: what a ~1M-parameter model learns in
     # minutes, so that RL starts with a non-zero success rate.
-    cpu = _cpu_pretrain(checkpoint_every=150)
+    cpu = _cpu_pretrain(checkpoint_every=300)
     return replace(
         cpu,
         data=replace(cpu.data, world_chars=4_000_000, reasoning_max_steps=2, reasoning_max_operand=9),
@@ -98,11 +103,11 @@ _PRETRAIN: dict[str, Callable[[], RunConfig]] = {
 
 # -- mid-training ----------------------------------------------------------------------------------------
 
-# Mid-training steps where a third of pre-training is too short: the tiny model copies a problem's numbers
-# by step 200, but its confidence in them and in the arithmetic still grows at 400, and RL needs a
-# mid-trained model that already solves a fair share of problems (docs/method.md §9; the runs behind it:
-# BENCHMARKS.md, "Preset sizing notes").
-_MIDTRAIN_STEPS = {"tiny": 400, "small": 600}
+# Mid-training steps where a third of pre-training is too short: whether a seed learns to copy a problem's
+# numbers, and then how sure it is of them and of the arithmetic, depends on the number of updates, and RL
+# needs a mid-trained model that already solves a fair share of problems (docs/method.md §9; the runs behind
+# it: BENCHMARKS.md, "Preset sizing notes"). Sequences twice as long at half the batch: 1024 tokens a step.
+_MIDTRAIN_STEPS = {"tiny": 800, "small": 1200}
 
 
 def _midtrain(pre: RunConfig, max_steps: int | None) -> RunConfig:
