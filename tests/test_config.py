@@ -35,8 +35,8 @@ VALUES: dict[str, object] = {
     "loss.k": 7,
     "loss.chunk_size": 1024,
     "train.max_steps": 11,
-    "train.tokens": 5632,  # = 11 steps of 8 x 64 tokens, consistent with train.max_steps above
-    "train.batch_size": 8,
+    "train.tokens": 11264,  # = 11 steps of 16 x 64 tokens, consistent with train.max_steps above
+    "train.batch_size": 16,
     "train.micro_batch": 4,
     "train.lr": 1e-3,
     "train.final_lr": 1e-5,
