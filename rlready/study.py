@@ -95,8 +95,8 @@ DOSE_CONFIGS = (
 # The paper's five configurations through RL, and the dose-response.
 PAPER_CONFIGS = (*BETA_CONFIGS, *LAM_CONFIGS, *DOSE_CONFIGS)
 # The default study: the beta arms through RL; the lam arms, whose claims the knobs' local quantities after
-# pre-training test, and the dose-response pre-trained only. Two more mid-trainings and RL runs would take the
-# tiny study past its 15 minutes on 2 cores (docs/method.md §5.4).
+# pre-training test, and the dose-response pre-trained only. Taking the lam arms through RL too would add about
+# a third to the tiny study's time on 2 cores (docs/method.md §5.4; BENCHMARKS.md, "The tiny study").
 DEFAULT_CONFIGS = (
     *BETA_CONFIGS,
     *(replace(c, until="pretrain") for c in LAM_CONFIGS),
