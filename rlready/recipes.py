@@ -41,8 +41,8 @@ def _cpu_pretrain(**train: Any) -> RunConfig:
 
     Small batches because at this scale the number of updates, more than of tokens, decides when a model
     learns to copy a problem's numbers (what every solution needs first): on the same tokens and time, 600 x 8
-    sequences reach a lower perplexity than 300 x 16, and more seeds learn to copy in mid-training
-    (BENCHMARKS.md, "Preset sizing notes")."""
+    sequences reached a lower perplexity than 300 x 16 in a pilot, and the models mid-trained after them
+    solved more held-out problems (BENCHMARKS.md, "Preset sizing notes")."""
     return RunConfig(
         data=DataConfig(seq_len=128, vocab_size=2048),
         train=TrainConfig(
