@@ -309,6 +309,7 @@ def _run_stage(
 ) -> None:
     out = job.stage_dir(stage)
     if is_finished(out):
+        _check_finished(job, stage, preset, extra)
         progress.finished(0.0, ran=False)  # finished by an earlier run of the study
         return
     progress.line(f"{job.label}: {stage} started with {threads} thread(s) ({progress.eta()})")
@@ -327,6 +328,33 @@ def _run_stage(
     took = time.perf_counter() - start
     progress.finished(took, ran=True)
     progress.line(f"{job.label}: {stage} done in {took:.0f}s ({progress.eta()})")
+
+
+def _check_finished(job: Job, stage: str, preset: str, extra: list[str]) -> None:
+    """A finished stage counts only if it ran what the study would run now: after a change of recipe (a new
+    version's presets) or of an override, reusing it would mix runs of two settings in one comparison. The
+    previous stage's path (``model.init``) is left out, so that a study directory may be moved."""
+    from rlready import config, recipes
+
+    cmd = job.command(stage, preset, extra)
+    pairs = config.parse_overrides(cmd[cmd.index(stage) + 1 :])
+    overrides = [(k, v) for k, v in pairs if k not in ("preset", "out", "init", "log.progress")]
+    if stage != "pretrain":
+        overrides.append(("model.init", "<previous stage>"))
+    now = recipes.resolve(stage, preset, overrides=overrides).to_dict()
+    try:
+        saved = json.loads((job.stage_dir(stage) / "config.json").read_text())
+    except (OSError, ValueError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{job.label}: {stage} is finished but its config.json is missing or unreadable")
+    saved = {**saved, "model": {**saved.get("model", {}), "init": now["model"]["init"]}}
+    why = rundir.settings_difference(saved, now)
+    if why is not None:
+        raise ConfigError(
+            f"{job.label}: {stage} was finished with other settings ({why}), e.g. by an earlier version's "
+            "recipe; use another --out"
+        )
 
 
 def schedule(jobs: list[Job], parallel: int, run) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
 from rlready.config import ConfigError, LossConfig
+from rlready.recipes import resolve
 from rlready.report.claims import claims_entries
 from rlready.report.report import write_report
 from rlready.report.summary import collect, read_metrics
@@ -347,9 +349,7 @@ def test_finished_stages_are_skipped_without_a_process(
     from rlready import study
 
     job = Job(StudyConfig("CE"), 0, tmp_path / "CE-s0")
-    (job.stage_dir("pretrain") / "final").mkdir(parents=True)
-    (job.stage_dir("pretrain") / "final" / "config.json").write_text("{}")
-    (job.stage_dir("pretrain") / "eval.json").write_text("{}")
+    _finished(job, "pretrain", resolve("pretrain", "tiny", overrides=[("seed", "0")]).to_dict())
 
     def no_process(*args, **kwargs):  # noqa: ANN002, ANN003
         raise AssertionError("a finished stage must not start a process")
@@ -360,6 +360,49 @@ def test_finished_stages_are_skipped_without_a_process(
     assert progress.done == 1
     with pytest.raises(AssertionError, match="must not start"):
         study._run_stage(job, "midtrain", "tiny", [], 1, progress, False, study.Stages())
+
+
+def _finished(job: Job, stage: str, config: dict) -> None:
+    """A stage directory as a finished stage leaves it: its configuration, evaluation and export."""
+    (job.stage_dir(stage) / "final").mkdir(parents=True)
+    (job.stage_dir(stage) / "final" / "config.json").write_text("{}")
+    (job.stage_dir(stage) / "eval.json").write_text("{}")
+    (job.stage_dir(stage) / "config.json").write_text(json.dumps(config))
+
+
+def test_a_stage_finished_with_other_settings_is_refused_not_reused(tmp_path: Path) -> None:
+    from rlready import study
+
+    job = Job(StudyConfig("beta", LossConfig(beta="-0.25")), 3, tmp_path / "runs" / "beta-s3")
+    pre = resolve("pretrain", "tiny", overrides=[("seed", "3"), ("loss.beta", "-0.25")]).to_dict()
+    _finished(job, "pretrain", {**pre, "log": {"progress": "bar"}})  # logging settings are free
+    study._check_finished(job, "pretrain", "tiny", [])
+    # A directory moved since: the previous stage's path differs, the settings do not.
+    mid = resolve(
+        "midtrain",
+        "tiny",
+        overrides=[("seed", "3"), ("loss.beta", "-0.25"), ("model.init", "/old/pre/final")],
+    ).to_dict()
+    _finished(job, "midtrain", mid)
+    study._check_finished(job, "midtrain", "tiny", [])
+    # An earlier recipe, an override given then but not now, another seed: refused, naming the difference.
+    for key, value, field in (
+        ("train", {**pre["train"], "batch_size": 16}, "train.batch_size: 16 there, 8 now"),
+        ("data", {**pre["data"], "world_seed": 1}, "data.world_seed: 1 there, 0 now"),
+        ("seed", 4, "seed: 4 there, 3 now"),
+    ):
+        (job.stage_dir("pretrain") / "config.json").write_text(json.dumps({**pre, key: value}))
+        with pytest.raises(
+            ConfigError, match=re.escape(f"beta s3: pretrain was finished with other settings ({field})")
+        ):
+            study._check_finished(job, "pretrain", "tiny", [])
+    (job.stage_dir("pretrain") / "config.json").unlink()
+    with pytest.raises(ConfigError, match="config.json is missing or unreadable"):
+        study._check_finished(job, "pretrain", "tiny", [])
+    # The study's own overrides are part of what the stage must have run.
+    (job.stage_dir("pretrain") / "config.json").write_text(json.dumps(pre))
+    with pytest.raises(ConfigError, match="train.max_steps: 600 there, 5 now"):
+        study._check_finished(job, "pretrain", "tiny", ["--train.max_steps", "5"])
 
 
 def test_summary_records_each_configuration_as_study_json_does(tmp_path: Path) -> None:

@@ -58,6 +58,13 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
     return f"{prefix.rstrip('.')}: {a!r} there, {b!r} now"
 
 
+def settings_difference(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """The first difference between two recorded configurations that a run's resume would refuse (the logging
+    section and the sections a stage does not use are free); None when there is none."""
+    a, b = _comparable(saved), _comparable(now)
+    return None if a == b else _first_difference(a, b)
+
+
 # -- what a directory holds ------------------------------------------------------------------------------
 
 
