@@ -208,11 +208,15 @@ class Job:
         if stage != "pretrain":
             previous = STAGE_ORDER[STAGE_ORDER.index(stage) - 1]
             cmd += ["--init", str(self.stage_dir(previous) / "final")]
-        cmd += ["--seed", str(self.seed), "--log.progress", "lines"]
-        loss = self.config.loss.to_overrides() if stage != "rl" else []
-        for key, value in loss + stage_overrides(extra, stage):
+        for key, value in self.overrides(stage, extra):
             cmd += [f"--{key}", value]
         return cmd
+
+    def overrides(self, stage: str, extra: list[str]) -> list[tuple[str, str]]:
+        """The settings the stage's command gives on top of the preset's recipe: the seed, line-per-update
+        progress, the configuration's loss knobs (LM stages) and the study's overrides for this stage."""
+        loss = self.config.loss.to_overrides() if stage != "rl" else []
+        return [("seed", str(self.seed)), ("log.progress", "lines"), *loss, *stage_overrides(extra, stage)]
 
 
 class Progress:
@@ -334,11 +338,7 @@ def _check_finished(job: Job, stage: str, preset: str, extra: list[str]) -> None
     """A finished stage counts only if it ran what the study would run now: after a change of recipe (a new
     version's presets) or of an override, reusing it would mix runs of two settings in one comparison. The
     previous stage's path (``model.init``) is left out, so that a study directory may be moved."""
-    from rlready import config, recipes
-
-    cmd = job.command(stage, preset, extra)
-    pairs = config.parse_overrides(cmd[cmd.index(stage) + 1 :])
-    overrides = [(k, v) for k, v in pairs if k not in ("preset", "out", "init", "log.progress")]
+    overrides = job.overrides(stage, extra)
     if stage != "pretrain":
         overrides.append(("model.init", "<previous stage>"))
     now = recipes.resolve(stage, preset, overrides=overrides).to_dict()
