@@ -156,16 +156,15 @@ def check_run_dir(out: Path, cfg: RunConfig, *, overwrite: bool) -> str:
         previous = json.loads(saved.read_text())
     except (OSError, ValueError):
         previous = None
-    now = _comparable(cfg.to_dict())
-    if isinstance(previous, dict) and _comparable(previous) == now:
+    why = (
+        settings_difference(previous, cfg.to_dict())
+        if isinstance(previous, dict)
+        else "unreadable config.json"
+    )
+    if why is None:
         return "finished" if is_finished(out) else "resume"
     if marker is not None and marker["kind"] in STAGE_KINDS and set(names) <= _SETUP_ONLY:
         return "replace"
-    why = (
-        "unreadable config.json"
-        if not isinstance(previous, dict)
-        else _first_difference(_comparable(previous), now)
-    )
     raise ConfigError(
         f"--out {str(out)!r} holds a run with a different configuration ({why}); "
         "use another directory or --overwrite"
