@@ -87,6 +87,15 @@ def test_claims_come_from_the_knobs_whatever_the_names() -> None:
         by_text["sharp: smaller relative drop of policy entropy early in RL than base"].direction == "lower"
     )
     assert by_text["flat: response length falls more in RL than base's"].metric == "length_change"
+    steady = by_text["sharp: response length falls less in RL than base's"]
+    assert (steady.metric, steady.direction) == ("length_change", "higher")
+    explores = by_text["sharp: Pass@16 after RL above base's (a better exploration space)"]
+    assert (explores.stage, explores.metric, explores.direction, explores.margin) == (
+        "rl",
+        "pass@16",
+        "higher",
+        0,
+    )
     gain = by_text["RL raises Avg@k over the starting model (every configuration)"]
     assert (gain.kind, gain.config, gain.baseline) == ("gain", None, None)
     named = {c.config for c in claims} | {c.baseline for c in claims}
@@ -131,7 +140,11 @@ def test_the_paper_configurations_get_the_papers_claims() -> None:
     assert "lam_tail=-1: tail mass at most 0.8x CE's after pre-training" in default
     assert "lam_head=0.1: higher within-head entropy than CE after pre-training" in default
     assert not [t for t in default if t.startswith("lam_") and "after RL" in t]
-    assert "beta=0.5: Avg@k after RL below CE's" in default
+    assert not [t for t in default if t.startswith("beta=0.5") and "RL" in t]
+    # The RL claims the default study keeps: policy entropy, response length and Pass@k of beta=-0.25.
+    assert "beta=-0.25: smaller relative drop of policy entropy early in RL than CE" in default
+    assert "beta=-0.25: response length falls less in RL than CE's" in default
+    assert "beta=-0.25: Pass@k after RL above CE's (a better exploration space)" in default
 
 
 def test_a_claim_names_a_configuration_by_name_or_by_knobs() -> None:

@@ -21,18 +21,16 @@ def _row(name: str, beta: str = "0.0", lam_head: str = "0.0", lam_tail: str = "0
     return {"name": name, "beta": beta, "lam_head": lam_head, "lam_tail": lam_tail, "k": 10, **until}
 
 
-def test_default_configurations_run_the_beta_arms_through_rl_and_pretrain_the_others() -> None:
+def test_default_configurations_run_ce_and_beta_minus_quarter_through_rl_and_pretrain_the_others() -> None:
     # As study.json records them: a resumed study compares these with its saved settings.
     pre = {"until": "pretrain"}
     assert [c.to_dict() for c in DEFAULT_CONFIGS] == [
         _row("CE"),
         _row("beta=-0.25", "-0.25"),
-        _row("beta=0.5", "0.5"),
+        _row("beta=0.5", "0.5", **pre),
         _row("lam_tail=-1", lam_tail="-1", **pre),
         _row("lam_head=0.1", lam_head="0.1", **pre),
         _row("beta=-1", "-1", **pre),
-        _row("beta=-0.5", "-0.5", **pre),
-        _row("beta=1", "1", **pre),
     ]
 
 
@@ -46,8 +44,10 @@ def test_the_paper_set_runs_its_five_configurations_through_rl() -> None:
         "lam_head=0.1",
     ]
     assert [c.name for c in paper if c.until == "pretrain"] == ["beta=-1", "beta=-0.5", "beta=1"]
-    # The same knobs as the default set: only how far each configuration runs differs.
-    assert [c.loss for c in paper] == [c.loss for c in DEFAULT_CONFIGS]
+    # The default set is a subset with the same knobs: only how far each configuration runs differs.
+    assert [c.loss for c in paper if c.name in {d.name for d in DEFAULT_CONFIGS}] == [
+        c.loss for c in DEFAULT_CONFIGS
+    ]
     assert load_configs("default") == list(DEFAULT_CONFIGS)
 
 

@@ -285,6 +285,8 @@ RULES: tuple[tuple[str, str, Any, str, float, bool, str], ...] = (
     ("beta>0", "rl", "entropy_drop", "higher", 0.0, False, "{c}: larger relative drop of policy entropy early in RL than {ce}"),
     ("beta<0", "rl", "entropy_drop", "lower", 0.0, False, "{c}: smaller relative drop of policy entropy early in RL than {ce}"),
     ("beta>0", "rl", "length_change", "lower", 0.0, False, "{c}: response length falls more in RL than {ce}'s"),
+    ("beta<0", "rl", "length_change", "higher", 0.0, False, "{c}: response length falls less in RL than {ce}'s"),
+    ("beta<0", "rl", "{rl_pass}", "higher", 0.0, False, "{c}: {rl_pass} after RL above {ce}'s (a better exploration space)"),
 )
 # fmt: on
 
