@@ -235,11 +235,10 @@ class Progress:
         with self.lock:
             print(f"[{self.done}/{self.total} stages] {message}", flush=True)
 
-    def finished(self, seconds: float, ran: bool) -> None:
+    def finished(self, seconds: float) -> None:
         with self.lock:
             self.done += 1
-            if ran:
-                self.durations.append(seconds)
+            self.durations.append(seconds)
 
     def eta(self) -> str:
         if not self.durations:
@@ -315,9 +314,7 @@ def _run_stage(
     launcher: list[str] | None = None,
 ) -> None:
     out = job.stage_dir(stage)
-    if is_finished(out):
-        _check_finished(job, stage, preset, extra)
-        progress.finished(0.0, ran=False)  # finished by an earlier run of the study
+    if is_finished(out):  # by an earlier run of the study; checked and counted by finished_stages
         return
     progress.line(f"{job.label}: {stage} started with {threads} thread(s) ({progress.eta()})")
     start = time.perf_counter()
@@ -333,8 +330,21 @@ def _run_stage(
         tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
         raise RuntimeError(f"{job.label}: {stage} failed (exit {rc}): {tail[0] if tail else ''} (log: {log})")
     took = time.perf_counter() - start
-    progress.finished(took, ran=True)
+    progress.finished(took)
     progress.line(f"{job.label}: {stage} done in {took:.0f}s ({progress.eta()})")
+
+
+def finished_stages(jobs: list[Job], preset: str, extra: list[str]) -> int:
+    """How many of the jobs' stages an earlier run of the study finished, each checked by
+    :func:`_check_finished` before any stage starts: a resumed study refuses a stage of other settings at once,
+    not hours later when its turn comes, and its ETA counts only the stages left to run."""
+    done = 0
+    for job in jobs:
+        for stage in job.config.stages:
+            if is_finished(job.stage_dir(stage)):
+                _check_finished(job, stage, preset, extra)
+                done += 1
+    return done
 
 
 def _check_finished(job: Job, stage: str, preset: str, extra: list[str]) -> None:
@@ -522,7 +532,8 @@ def _run_jobs(
     cores = usable_cores()
     # A launcher's processes take the machine's devices: one stage at a time unless --jobs says otherwise.
     parallel = max(1, min(len(runs), jobs or (1 if launch else cores)))
-    progress = Progress(total=sum(len(j.config.stages) for j in runs), done=0, parallel=parallel)
+    done = finished_stages(runs, preset, extra)
+    progress = Progress(total=sum(len(j.config.stages) for j in runs), done=done, parallel=parallel)
     progress.line(
         f"study of {len(configs)} configurations x {seeds} seeds on preset {preset!r}: {parallel} in parallel on {cores} cores"
     )

@@ -355,11 +355,22 @@ def test_finished_stages_are_skipped_without_a_process(
         raise AssertionError("a finished stage must not start a process")
 
     monkeypatch.setattr(study.subprocess, "Popen", no_process)
-    progress = study.Progress(total=3, done=0)
+    assert study.finished_stages([job], "tiny", []) == 1  # counted before the study starts any stage
+    progress = study.Progress(total=3, done=1)
     study._run_stage(job, "pretrain", "tiny", [], 1, progress, False, study.Stages())
     assert progress.done == 1
     with pytest.raises(AssertionError, match="must not start"):
         study._run_stage(job, "midtrain", "tiny", [], 1, progress, False, study.Stages())
+
+
+def test_a_resumed_study_refuses_a_stage_of_other_settings_before_running_anything(tmp_path: Path) -> None:
+    from rlready import study
+
+    first, last = (Job(StudyConfig("CE"), s, tmp_path / "runs" / f"CE-s{s}") for s in (0, 1))
+    _finished(first, "pretrain", resolve("pretrain", "tiny", overrides=[("seed", "0")]).to_dict())
+    _finished(last, "pretrain", resolve("pretrain", "tiny", overrides=[("seed", "0")]).to_dict())
+    with pytest.raises(ConfigError, match="CE s1: pretrain was finished with other settings"):
+        study.finished_stages([first, last], "tiny", [])
 
 
 def _finished(job: Job, stage: str, config: dict) -> None:
