@@ -576,6 +576,7 @@ def _run_jobs(
 
     summary = collect(out, runs)
     summary["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    summary["stages_reused"] = done  # finished by an earlier run: not in the wall time
     summary["claims"] = claims_entries(summary, claims)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     from rlready.report.report import write_report

@@ -330,6 +330,14 @@ def test_report_shows_the_claims_and_keeps_the_files_own(tmp_path: Path) -> None
     assert "pairs the runs of two configurations that share a seed" in text
     assert "rest on one seed" not in text  # every claim has n >= 2 here
     assert "What the data allows" not in text  # no fixed-point analysis in this summary
+    assert "Wall time: 1.0 min." in text
+
+
+def test_a_resumed_studys_wall_time_says_it_covers_only_its_last_run(tmp_path: Path) -> None:
+    summary = {**_user_study(), "stages_reused": 52}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    [path] = write_report([tmp_path])
+    assert "Wall time: 1.0 min for the stages its last run did (52 were finished before)." in path.read_text()
 
 
 def test_one_seed_gives_no_interval_and_the_report_says_so(tmp_path: Path) -> None:

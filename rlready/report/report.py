@@ -442,7 +442,7 @@ def render(study: Path, summary: dict[str, Any]) -> str:
         f"# rlready study: preset `{settings.get('preset', '?')}`",
         "",
         f"{len(groups)} configurations x {len(seeds)} seed(s); values are mean ± std over seeds "
-        f"(one number when there is one seed). Wall time: {summary.get('wall_time_s', float('nan')) / 60:.1f} min.",
+        f"(one number when there is one seed). {_wall_time(summary)}",
         "",
     ]
     cfg_rows = [
@@ -521,6 +521,15 @@ def render(study: Path, summary: dict[str, Any]) -> str:
     out += _fixed_point(summary, groups)
     out += ["Figures: " + ", ".join(f"`figures/{f}` ({d})" for f, d in figures), ""]
     return "\n".join(out)
+
+
+def _wall_time(summary: dict[str, Any]) -> str:
+    """The study's wall time, saying when it covers only the stages its last run did (a resumed study)."""
+    minutes = summary.get("wall_time_s", float("nan")) / 60
+    reused = summary.get("stages_reused", 0)
+    if not reused:
+        return f"Wall time: {minutes:.1f} min."
+    return f"Wall time: {minutes:.1f} min for the stages its last run did ({reused} were finished before)."
 
 
 def write_report(dirs: list[Path], compare_out: Path | None = None) -> list[Path]:
