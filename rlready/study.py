@@ -1,10 +1,10 @@
 """``rlready study``: the paper's experiment in one command (docs/method.md §5.4).
 
-For every configuration and seed: pre-train -> mid-train -> RL, each stage a ``rlready`` subprocess writing
-its own run directory (so every stage resumes, or is skipped when finished, exactly like a hand-run stage),
-then ``summary.json`` and ``report.md`` with figures. Independent configurations run in parallel processes
-when cores allow, with the cores split between them. ``--launcher`` (e.g. ``torchrun --nproc_per_node 8``)
-starts every stage as several processes, for GPU nodes.
+For every configuration and seed: pre-train -> mid-train -> RL (or up to the configuration's ``until``), each
+stage a ``rlready`` subprocess writing its own run directory (so every stage resumes, or is skipped when
+finished, exactly like a hand-run stage), then ``summary.json`` and ``report.md`` with figures. Independent
+configurations run in parallel processes when cores allow, with the cores split between them.
+``--launcher`` (e.g. ``torchrun --nproc_per_node 8``) starts every stage as several processes, for GPU nodes.
 
 Layout::
 
@@ -73,7 +73,7 @@ class StudyConfig:
 
 
 # The report's claims (rlready/report/claims.py) are generated from the configurations' knobs, not names.
-# The multi-seed study of the entropy knob (README, "Five seeds, paired"): CE and the paper's two beta values,
+# The multi-seed study of the entropy knob (README, "Eight seeds, paired"): CE and the paper's two beta values,
 # through RL, compared seed by seed.
 BETA_CONFIGS = (
     StudyConfig("CE", LossConfig(k=10)),
@@ -225,8 +225,9 @@ class Job:
 class Progress:
     """Which stage of which configuration runs, and the overall ETA from finished stage times."""
 
-    def __init__(self, total: int, done: int, parallel: int = 1) -> None:
-        self.total, self.done, self.t0 = total, done, time.perf_counter()
+    def __init__(self, total: int, reused: set[Path] | None = None, parallel: int = 1) -> None:
+        self.reused = set(reused or ())  # stage directories an earlier run finished: skipped, not timed
+        self.total, self.done, self.t0 = total, len(self.reused), time.perf_counter()
         self.parallel = parallel  # stages running side by side, for the ETA
         self.durations: list[float] = []
         self.lock = threading.Lock()
@@ -239,6 +240,11 @@ class Progress:
         with self.lock:
             self.done += 1
             self.durations.append(seconds)
+
+    def reuse(self, stage_dir: Path) -> None:
+        with self.lock:
+            self.reused.add(stage_dir)
+            self.done += 1
 
     def eta(self) -> str:
         if not self.durations:
@@ -314,7 +320,10 @@ def _run_stage(
     launcher: list[str] | None = None,
 ) -> None:
     out = job.stage_dir(stage)
-    if is_finished(out):  # by an earlier run of the study; checked and counted by finished_stages
+    if is_finished(out):
+        if out not in progress.reused:  # finished by another process (e.g. by hand) while the study ran
+            _check_finished(job, stage, preset, extra)
+            progress.reuse(out)
         return
     progress.line(f"{job.label}: {stage} started with {threads} thread(s) ({progress.eta()})")
     start = time.perf_counter()
@@ -334,16 +343,16 @@ def _run_stage(
     progress.line(f"{job.label}: {stage} done in {took:.0f}s ({progress.eta()})")
 
 
-def finished_stages(jobs: list[Job], preset: str, extra: list[str]) -> int:
-    """How many of the jobs' stages an earlier run of the study finished, each checked by
+def finished_stages(jobs: list[Job], preset: str, extra: list[str]) -> set[Path]:
+    """The directories of the jobs' stages that an earlier run of the study finished, each checked by
     :func:`_check_finished` before any stage starts: a resumed study refuses a stage of other settings at once,
     not hours later when its turn comes, and its ETA counts only the stages left to run."""
-    done = 0
+    done = set()
     for job in jobs:
         for stage in job.config.stages:
             if is_finished(job.stage_dir(stage)):
                 _check_finished(job, stage, preset, extra)
-                done += 1
+                done.add(job.stage_dir(stage))
     return done
 
 
@@ -532,8 +541,13 @@ def _run_jobs(
     cores = usable_cores()
     # A launcher's processes take the machine's devices: one stage at a time unless --jobs says otherwise.
     parallel = max(1, min(len(runs), jobs or (1 if launch else cores)))
-    done = finished_stages(runs, preset, extra)
-    progress = Progress(total=sum(len(j.config.stages) for j in runs), done=done, parallel=parallel)
+    # Any stage directory already there (finished or checkpointed): this run resumes an earlier one.
+    resumed = any(j.stage_dir(s).exists() for j in runs for s in j.config.stages)
+    progress = Progress(
+        total=sum(len(j.config.stages) for j in runs),
+        reused=finished_stages(runs, preset, extra),
+        parallel=parallel,
+    )
     progress.line(
         f"study of {len(configs)} configurations x {seeds} seeds on preset {preset!r}: {parallel} in parallel on {cores} cores"
     )
@@ -576,7 +590,8 @@ def _run_jobs(
 
     summary = collect(out, runs)
     summary["wall_time_s"] = round(time.perf_counter() - t0, 1)
-    summary["stages_reused"] = done  # finished by an earlier run: not in the wall time
+    summary["resumed"] = resumed  # then the wall time is the last run's only
+    summary["stages_reused"] = len(progress.reused)  # finished by an earlier run: not in the wall time
     summary["claims"] = claims_entries(summary, claims)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     from rlready.report.report import write_report

@@ -86,10 +86,15 @@ def test_claims_come_from_the_knobs_whatever_the_names() -> None:
     assert (
         by_text["sharp: smaller relative drop of policy entropy early in RL than base"].direction == "lower"
     )
-    assert by_text["flat: response length falls more in RL than base's"].metric == "length_change"
-    steady = by_text["sharp: response length falls less in RL than base's"]
-    assert (steady.metric, steady.direction) == ("length_change", "higher")
-    explores = by_text["sharp: Pass@16 after RL above base's (a better exploration space)"]
+    falls = by_text["flat: relative change of response length in RL below base's (the paper: it falls)"]
+    assert (falls.metric, falls.direction) == ("length_change", "lower")
+    steady = by_text[
+        "sharp: response length more stable in RL than base's (smaller relative change either way)"
+    ]
+    assert (steady.metric, steady.direction) == ("length_shift", "lower")
+    explores = by_text[
+        "sharp: Pass@16 after RL above base's (this project's reading of 'a better exploration space')"
+    ]
     assert (explores.stage, explores.metric, explores.direction, explores.margin) == (
         "rl",
         "pass@16",
@@ -143,8 +148,14 @@ def test_the_paper_configurations_get_the_papers_claims() -> None:
     assert not [t for t in default if t.startswith("beta=0.5") and "RL" in t]
     # The RL claims the default study keeps: policy entropy, response length and Pass@k of beta=-0.25.
     assert "beta=-0.25: smaller relative drop of policy entropy early in RL than CE" in default
-    assert "beta=-0.25: response length falls less in RL than CE's" in default
-    assert "beta=-0.25: Pass@k after RL above CE's (a better exploration space)" in default
+    assert (
+        "beta=-0.25: response length more stable in RL than CE's (smaller relative change either way)"
+        in default
+    )
+    assert (
+        "beta=-0.25: Pass@k after RL above CE's (this project's reading of 'a better exploration space')"
+        in default
+    )
 
 
 def test_a_claim_names_a_configuration_by_name_or_by_knobs() -> None:
@@ -333,11 +344,24 @@ def test_report_shows_the_claims_and_keeps_the_files_own(tmp_path: Path) -> None
     assert "Wall time: 1.0 min." in text
 
 
-def test_a_resumed_studys_wall_time_says_it_covers_only_its_last_run(tmp_path: Path) -> None:
-    summary = {**_user_study(), "stages_reused": 52}
-    (tmp_path / "summary.json").write_text(json.dumps(summary))
-    [path] = write_report([tmp_path])
-    assert "Wall time: 1.0 min for the stages its last run did (52 were finished before)." in path.read_text()
+def test_a_resumed_studys_wall_time_says_it_is_its_last_runs(tmp_path: Path) -> None:
+    for resumed, reused, line in (
+        (
+            True,
+            52,
+            "Wall time of its last run, which resumed an earlier one: 1.0 min (52 stages were finished before it).",
+        ),
+        (
+            True,
+            0,
+            "Wall time of its last run, which resumed an earlier one: 1.0 min (0 stages were finished before it).",
+        ),
+        (False, 0, "Wall time: 1.0 min."),
+    ):
+        summary = {**_user_study(), "resumed": resumed, "stages_reused": reused}
+        (tmp_path / "summary.json").write_text(json.dumps(summary))
+        [path] = write_report([tmp_path])
+        assert line in path.read_text()
 
 
 def test_one_seed_gives_no_interval_and_the_report_says_so(tmp_path: Path) -> None:

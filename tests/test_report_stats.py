@@ -214,11 +214,17 @@ def test_rl_dynamics_from_metrics_jsonl(tmp_path: Path) -> None:
     assert dyn["entropy_drop"] == pytest.approx((first - late) / first)
     # Length: steps 1-3 (mean 38) and the last three, 18-20 (mean 21).
     assert dyn["length_change"] == pytest.approx((21.0 - 38.0) / 38.0)
+    assert dyn["length_shift"] == pytest.approx(17.0 / 38.0)  # how far it moved, either way
 
 
 def test_rl_dynamics_of_short_runs(tmp_path: Path) -> None:
     short = [{"step": s, "entropy": 1.0, "response_len_mean": 5.0} for s in (1, 2, 3)]
-    assert rl_dynamics(short) == {"entropy_drop": None, "length_change": None}  # no second window
+    none = {"entropy_drop": None, "length_change": None, "length_shift": None}
+    assert rl_dynamics(short) == none  # no second window
     four = [*short, {"step": 4, "entropy": 0.5, "response_len_mean": 10.0}]
-    assert rl_dynamics(four) == {"entropy_drop": 0.5, "length_change": 1.0}
-    assert rl_dynamics([]) == {"entropy_drop": None, "length_change": None}
+    assert rl_dynamics(four) == {"entropy_drop": 0.5, "length_change": 1.0, "length_shift": 1.0}
+    shorter = [*short, {"step": 4, "entropy": 0.5, "response_len_mean": 2.5}]
+    assert (
+        rl_dynamics(shorter)["length_shift"] == pytest.approx(0.5) == -rl_dynamics(shorter)["length_change"]
+    )
+    assert rl_dynamics([]) == none

@@ -253,7 +253,7 @@ def test_the_study_writes_its_claims_into_summary_json(
     from rlready import study
     from rlready.report.claims import Claim
 
-    _fake_study(tmp_path)  # every stage finished: nothing is scheduled
+    _fake_study(tmp_path)  # evaluations and metrics of every stage; schedule is stubbed: nothing runs
     monkeypatch.setattr(study, "schedule", lambda jobs, parallel, run: None)
     own = Claim("lam_head=0.1 keeps Avg@k", "rl", "avg@k", "lam_head=0.1", "CE", "at_least", 0.05)
     study._run_jobs(tmp_path, list(PAPER_CONFIGS), 2, "tiny", [], 1, None, False, [own])
@@ -355,15 +355,18 @@ def test_finished_stages_are_skipped_without_a_process(
         raise AssertionError("a finished stage must not start a process")
 
     monkeypatch.setattr(study.subprocess, "Popen", no_process)
-    assert study.finished_stages([job], "tiny", []) == 1  # counted before the study starts any stage
-    progress = study.Progress(total=3, done=1)
+    reused = study.finished_stages([job], "tiny", [])  # checked and counted before any stage starts
+    assert reused == {job.stage_dir("pretrain")}
+    progress = study.Progress(total=3, reused=reused)
     study._run_stage(job, "pretrain", "tiny", [], 1, progress, False, study.Stages())
     assert progress.done == 1
     with pytest.raises(AssertionError, match="must not start"):
         study._run_stage(job, "midtrain", "tiny", [], 1, progress, False, study.Stages())
 
 
-def test_a_resumed_study_refuses_a_stage_of_other_settings_before_running_anything(tmp_path: Path) -> None:
+def test_a_resumed_study_refuses_a_stage_of_other_settings_before_running_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from rlready import study
 
     first, last = (Job(StudyConfig("CE"), s, tmp_path / "runs" / f"CE-s{s}") for s in (0, 1))
@@ -371,6 +374,29 @@ def test_a_resumed_study_refuses_a_stage_of_other_settings_before_running_anythi
     _finished(last, "pretrain", resolve("pretrain", "tiny", overrides=[("seed", "0")]).to_dict())
     with pytest.raises(ConfigError, match="CE s1: pretrain was finished with other settings"):
         study.finished_stages([first, last], "tiny", [])
+
+    def nothing_runs(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError("a refused study must not schedule any stage")
+
+    monkeypatch.setattr(study, "schedule", nothing_runs)
+    with pytest.raises(ConfigError, match="CE s1: pretrain was finished with other settings"):
+        study._run_jobs(tmp_path, [StudyConfig("CE")], 2, "tiny", [], 1, None, False, [])
+
+
+def test_a_stage_finished_while_the_study_ran_is_checked_and_counted(tmp_path: Path) -> None:
+    from rlready import study
+
+    job = Job(StudyConfig("CE"), 1, tmp_path / "runs" / "CE-s1")
+    progress = study.Progress(total=3, reused=study.finished_stages([job], "tiny", []))
+    assert progress.done == 0
+    _finished(job, "pretrain", resolve("pretrain", "tiny", overrides=[("seed", "0")]).to_dict())
+    with pytest.raises(ConfigError, match="CE s1: pretrain was finished with other settings"):
+        study._run_stage(job, "pretrain", "tiny", [], 1, progress, False, study.Stages())
+    (job.stage_dir("pretrain") / "config.json").write_text(
+        json.dumps(resolve("pretrain", "tiny", overrides=[("seed", "1")]).to_dict())
+    )
+    study._run_stage(job, "pretrain", "tiny", [], 1, progress, False, study.Stages())
+    assert progress.done == 1 and progress.reused == {job.stage_dir("pretrain")} and not progress.durations
 
 
 def _finished(job: Job, stage: str, config: dict) -> None:

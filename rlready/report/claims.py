@@ -32,7 +32,7 @@ KINDS = ("compare", "gain")
 VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not measured")
 # RL dynamics measured per run from rl/metrics.jsonl (rlready.report.summary.rl_dynamics), kept in each run's
 # ``rl_dynamics`` entry of summary.json; a claim on stage "rl" names them like an eval.json key.
-DYNAMICS = ("entropy_drop", "length_change")
+DYNAMICS = ("entropy_drop", "length_change", "length_shift")
 KNOBS = ("beta", "lam_head", "lam_tail", "k")
 SHAPING_KNOBS = ("beta", "lam_head", "lam_tail")  # all 0 is cross-entropy (docs/method.md §3)
 FIELDS = ("text", "stage", "metric", "config", "baseline", "direction", "margin", "scale", "kind")
@@ -284,9 +284,9 @@ RULES: tuple[tuple[str, str, Any, str, float, bool, str], ...] = (
     ("beta>0", "rl", "avg@k", "lower", 0.0, False, "{c}: Avg@k after RL below {ce}'s"),
     ("beta>0", "rl", "entropy_drop", "higher", 0.0, False, "{c}: larger relative drop of policy entropy early in RL than {ce}"),
     ("beta<0", "rl", "entropy_drop", "lower", 0.0, False, "{c}: smaller relative drop of policy entropy early in RL than {ce}"),
-    ("beta>0", "rl", "length_change", "lower", 0.0, False, "{c}: response length falls more in RL than {ce}'s"),
-    ("beta<0", "rl", "length_change", "higher", 0.0, False, "{c}: response length falls less in RL than {ce}'s"),
-    ("beta<0", "rl", "{rl_pass}", "higher", 0.0, False, "{c}: {rl_pass} after RL above {ce}'s (a better exploration space)"),
+    ("beta>0", "rl", "length_change", "lower", 0.0, False, "{c}: relative change of response length in RL below {ce}'s (the paper: it falls)"),
+    ("beta<0", "rl", "length_shift", "lower", 0.0, False, "{c}: response length more stable in RL than {ce}'s (smaller relative change either way)"),
+    ("beta<0", "rl", "{rl_pass}", "higher", 0.0, False, "{c}: {rl_pass} after RL above {ce}'s (this project's reading of 'a better exploration space')"),
 )
 # fmt: on
 

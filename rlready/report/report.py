@@ -524,12 +524,15 @@ def render(study: Path, summary: dict[str, Any]) -> str:
 
 
 def _wall_time(summary: dict[str, Any]) -> str:
-    """The study's wall time, saying when it covers only the stages its last run did (a resumed study)."""
+    """The study's wall time, saying when it is only its last run's (a resumed study)."""
     minutes = summary.get("wall_time_s", float("nan")) / 60
     reused = summary.get("stages_reused", 0)
-    if not reused:
+    if not summary.get("resumed", bool(reused)):
         return f"Wall time: {minutes:.1f} min."
-    return f"Wall time: {minutes:.1f} min for the stages its last run did ({reused} were finished before)."
+    return (
+        f"Wall time of its last run, which resumed an earlier one: {minutes:.1f} min "
+        f"({reused} stages were finished before it)."
+    )
 
 
 def write_report(dirs: list[Path], compare_out: Path | None = None) -> list[Path]:

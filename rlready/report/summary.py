@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rlready.report.claims import DYNAMICS
+
 # The windows of the RL dynamics (docs/method.md §7): the first EARLY logged steps, and the last EARLY logged
 # steps up to step ENTROPY_HORIZON for the early entropy drop (the paper's collapse of high-entropy priors
 # happens in the first steps) or up to the last step for the change of response length.
@@ -65,11 +67,11 @@ def fixed_points(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
 
 
 def with_dynamics(study: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """``summary`` with ``rl_dynamics`` filled in from the run directories for runs that lack it (a
-    ``summary.json`` written before they were recorded)."""
+    """``summary`` with ``rl_dynamics`` filled in from the run directories for runs that lack it or some of
+    its keys (a ``summary.json`` written before they were recorded)."""
     runs = [
         run
-        if "rl_dynamics" in run
+        if set(DYNAMICS) <= set(run.get("rl_dynamics") or {})
         else {**run, "rl_dynamics": rl_dynamics(read_metrics(study / run["dir"] / "rl" / "metrics.jsonl"))}
         for run in summary.get("runs", [])
     ]
@@ -129,13 +131,16 @@ def rl_dynamics(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]
       ``min(10, last logged step)``; positive when entropy falls.
     - ``length_change``: ``(L_last - L_first) / L_first`` of ``response_len_mean``, first 3 and last 3
       logged steps; negative when responses get shorter.
+    - ``length_shift``: ``|length_change|``, how far the length moved either way (the paper's "more stable").
 
     None when the run logged too few steps for two separate windows.
     """
     entropy = _series(records, "entropy")
     length = _series(records, "response_len_mean")
     drop = _relative_change(entropy, min(ENTROPY_HORIZON, entropy[-1][0])) if entropy else None
+    change = _relative_change(length, length[-1][0]) if length else None
     return {
         "entropy_drop": None if drop is None else -drop,
-        "length_change": _relative_change(length, length[-1][0]) if length else None,
+        "length_change": change,
+        "length_shift": None if change is None else abs(change),
     }
