@@ -324,6 +324,7 @@ def _run_stage(
         if out not in progress.reused:  # finished by another process (e.g. by hand) while the study ran
             _check_finished(job, stage, preset, extra)
             progress.reuse(out)
+            progress.line(f"{job.label}: {stage} was finished meanwhile by another process; reused")
         return
     progress.line(f"{job.label}: {stage} started with {threads} thread(s) ({progress.eta()})")
     start = time.perf_counter()
@@ -344,22 +345,25 @@ def _run_stage(
 
 
 def finished_stages(jobs: list[Job], preset: str, extra: list[str]) -> set[Path]:
-    """The directories of the jobs' stages that an earlier run of the study finished, each checked by
-    :func:`_check_finished` before any stage starts: a resumed study refuses a stage of other settings at once,
-    not hours later when its turn comes, and its ETA counts only the stages left to run."""
+    """The directories of the jobs' stages that an earlier run of the study finished. Those and the stages it
+    began (a ``config.json`` written, the run checkpointed) are checked by :func:`_check_finished` before any
+    stage starts: a resumed study refuses a stage of other settings at once, not hours later when its turn
+    comes, and its ETA counts only the stages left to run."""
     done = set()
     for job in jobs:
         for stage in job.config.stages:
             if is_finished(job.stage_dir(stage)):
                 _check_finished(job, stage, preset, extra)
                 done.add(job.stage_dir(stage))
+            elif (job.stage_dir(stage) / "config.json").is_file():
+                _check_finished(job, stage, preset, extra, state="begun")
     return done
 
 
-def _check_finished(job: Job, stage: str, preset: str, extra: list[str]) -> None:
-    """A finished stage counts only if it ran what the study would run now: after a change of recipe (a new
-    version's presets) or of an override, reusing it would mix runs of two settings in one comparison. The
-    previous stage's path (``model.init``) is left out, so that a study directory may be moved."""
+def _check_finished(job: Job, stage: str, preset: str, extra: list[str], state: str = "finished") -> None:
+    """A finished (or begun) stage counts only if it ran what the study would run now: after a change of recipe
+    (a new version's presets) or of an override, reusing it would mix runs of two settings in one comparison.
+    The previous stage's path (``model.init``) is left out, so that a study directory may be moved."""
     overrides = job.overrides(stage, extra)
     if stage != "pretrain":
         overrides.append(("model.init", "<previous stage>"))
@@ -369,12 +373,12 @@ def _check_finished(job: Job, stage: str, preset: str, extra: list[str]) -> None
     except (OSError, ValueError):
         saved = None
     if not isinstance(saved, dict):
-        raise ConfigError(f"{job.label}: {stage} is finished but its config.json is missing or unreadable")
+        raise ConfigError(f"{job.label}: {stage} is {state} but its config.json is missing or unreadable")
     saved = {**saved, "model": {**saved.get("model", {}), "init": now["model"]["init"]}}
     why = rundir.settings_difference(saved, now)
     if why is not None:
         raise ConfigError(
-            f"{job.label}: {stage} was finished with other settings ({why}), e.g. by an earlier version's "
+            f"{job.label}: {stage} was {state} with other settings ({why}), e.g. by an earlier version's "
             "recipe; use another --out"
         )
 
@@ -588,10 +592,7 @@ def _run_jobs(
     from rlready.report.claims import claims_entries
     from rlready.report.summary import collect
 
-    summary = collect(out, runs)
-    summary["wall_time_s"] = round(time.perf_counter() - t0, 1)
-    summary["resumed"] = resumed  # then the wall time is the last run's only
-    summary["stages_reused"] = len(progress.reused)  # finished by an earlier run: not in the wall time
+    summary = {**collect(out, runs), **_timing(out, time.perf_counter() - t0, resumed, progress)}
     summary["claims"] = claims_entries(summary, claims)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     from rlready.report.report import write_report
@@ -599,6 +600,19 @@ def _run_jobs(
     write_report([out])
     progress.line(f"study done in {summary['wall_time_s'] / 60:.1f} min: {out / 'report.md'}")
     return summary
+
+
+def _timing(out: Path, seconds: float, resumed: bool, progress: Progress) -> dict[str, Any]:
+    """summary.json's wall time: this run's, and whether it resumed an earlier one (then it is the last run's
+    only) and how many stages that one had finished. A run that ran no stage (the summary and report written
+    again) keeps the earlier summary's figures."""
+    if not progress.durations:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            earlier = json.loads((out / "summary.json").read_text())
+            kept = {k: earlier[k] for k in ("wall_time_s", "resumed", "stages_reused") if k in earlier}
+            if "wall_time_s" in kept:
+                return kept
+    return {"wall_time_s": round(seconds, 1), "resumed": resumed, "stages_reused": len(progress.reused)}
 
 
 def _applies(key: str, stage: str) -> bool:

@@ -383,6 +383,49 @@ def test_a_resumed_study_refuses_a_stage_of_other_settings_before_running_anythi
         study._run_jobs(tmp_path, [StudyConfig("CE")], 2, "tiny", [], 1, None, False, [])
 
 
+def test_a_begun_stage_of_other_settings_is_refused_before_running_anything(tmp_path: Path) -> None:
+    from rlready import study
+
+    job = Job(StudyConfig("CE"), 1, tmp_path / "runs" / "CE-s1")
+    job.stage_dir("pretrain").mkdir(parents=True)  # checkpointed by an earlier run, not finished
+    begun = resolve("pretrain", "tiny", overrides=[("seed", "1")]).to_dict()
+    (job.stage_dir("pretrain") / "config.json").write_text(json.dumps(begun))
+    assert study.finished_stages([job], "tiny", []) == set()  # the same settings: it resumes, not counted
+    (job.stage_dir("pretrain") / "config.json").write_text(json.dumps({**begun, "seed": 0}))
+    with pytest.raises(
+        ConfigError, match="CE s1: pretrain was begun with other settings \\(seed: 0 there, 1 now\\)"
+    ):
+        study.finished_stages([job], "tiny", [])
+
+
+def test_a_study_that_runs_no_stage_keeps_the_wall_time_it_recorded(tmp_path: Path) -> None:
+    from rlready import study
+
+    idle = study.Progress(total=2, reused={tmp_path / "a", tmp_path / "b"})
+    assert study._timing(tmp_path, 0.2, True, idle) == {
+        "wall_time_s": 0.2,
+        "resumed": True,
+        "stages_reused": 2,
+    }
+    (tmp_path / "summary.json").write_text(
+        json.dumps({"wall_time_s": 72.0, "resumed": False, "stages_reused": 0})
+    )
+    assert study._timing(tmp_path, 0.2, True, idle) == {
+        "wall_time_s": 72.0,
+        "resumed": False,
+        "stages_reused": 0,
+    }
+    ran = study.Progress(total=2, reused={tmp_path / "a"})
+    ran.finished(30.0)
+    assert study._timing(tmp_path, 31.0, True, ran) == {
+        "wall_time_s": 31.0,
+        "resumed": True,
+        "stages_reused": 1,
+    }
+    (tmp_path / "summary.json").write_text("[]")  # unreadable as a summary: this run's figures
+    assert study._timing(tmp_path, 0.2, True, idle)["wall_time_s"] == 0.2
+
+
 def test_a_stage_finished_while_the_study_ran_is_checked_and_counted(tmp_path: Path) -> None:
     from rlready import study
 
