@@ -456,8 +456,27 @@ def _study_state(out: Path, settings: dict[str, Any], overwrite: bool) -> str:
         rundir.check_replaceable(out, ("study",), "a study")
         return "replace"
     raise ConfigError(
-        f"--out {str(out)!r} holds a study with other settings; use another directory or --overwrite"
+        f"--out {str(out)!r} holds a study with other settings ({_study_difference(previous, settings)}); "
+        "use another directory or --overwrite"
     )
+
+
+def _study_difference(previous: Any, now: dict[str, Any]) -> str:
+    """The first setting in which a study directory's ``study.json`` differs from this run's, in a few words."""
+    if not isinstance(previous, dict):
+        return "study.json holds no settings"
+    for key in ("preset", "seeds", "overrides"):
+        if previous.get(key) != now[key]:
+            return f"{key}: {previous.get(key)!r} there, {now[key]!r} now"
+    there = [c for c in previous.get("configs") or [] if isinstance(c, dict)]
+    names = [c.get("name") for c in there]
+    if names != [c["name"] for c in now["configs"]]:
+        return f"configurations {names} there, {[c['name'] for c in now['configs']]} now"
+    for old, new in zip(there, now["configs"], strict=True):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                return f"configuration {new['name']!r}, {key}: {old.get(key)!r} there, {new.get(key)!r} now"
+    return "the file differs"
 
 
 def _claim_study(out: Path, settings: dict[str, Any], overwrite: bool) -> rundir.RunLock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -498,3 +499,39 @@ def test_summary_records_each_configuration_as_study_json_does(tmp_path: Path) -
         "k": 10,
         "dir": "runs/beta=-0.25-s0",
     }
+
+
+def test_a_study_with_other_settings_is_refused_naming_the_first_difference(tmp_path: Path) -> None:
+    from rlready import study
+
+    def settings(configs: tuple[StudyConfig, ...], seeds: int = 8, extra: tuple[str, ...] = ()) -> dict:
+        return {
+            "preset": "tiny",
+            "seeds": seeds,
+            "configs": [c.to_dict() for c in configs],
+            "overrides": list(extra),
+        }
+
+    saved = settings(study.BETA_CONFIGS)
+    (tmp_path / "study.json").write_text(json.dumps(saved))
+    assert study._study_state(tmp_path, saved, overwrite=False) == "resume"
+    for now, why in (
+        (settings(study.BETA_CONFIGS, seeds=5), "seeds: 8 there, 5 now"),
+        (
+            settings(study.BETA_CONFIGS, extra=("--train.lr", "1e-3")),
+            "overrides: [] there, ['--train.lr', '1e-3'] now",
+        ),
+        (
+            settings(DEFAULT_CONFIGS),
+            "configurations ['CE', 'beta=-0.25', 'beta=0.5'] there, ['CE', 'beta=-0.25', ",
+        ),
+        (
+            settings((*study.BETA_CONFIGS[:2], replace(study.BETA_CONFIGS[2], until="pretrain"))),
+            "configuration 'beta=0.5', until: None there, 'pretrain' now",
+        ),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(f"holds a study with other settings ({why}")):
+            study._study_state(tmp_path, now, overwrite=False)
+    (tmp_path / "study.json").write_text("[]")
+    with pytest.raises(ConfigError, match=re.escape("other settings (study.json holds no settings)")):
+        study._study_state(tmp_path, saved, overwrite=False)
