@@ -228,7 +228,7 @@ class Progress:
 
     def __init__(self, total: int, reused: set[Path] | None = None, parallel: int = 1) -> None:
         self.reused = set(reused or ())  # stage directories an earlier run finished: skipped, not timed
-        self.total, self.done, self.t0 = total, len(self.reused), time.perf_counter()
+        self.total, self.t0 = total, time.perf_counter()
         self.parallel = parallel  # stages running side by side, for the ETA
         self.durations: list[float] = []
         self.lock = threading.Lock()
@@ -237,15 +237,18 @@ class Progress:
         with self.lock:
             print(f"[{self.done}/{self.total} stages] {message}", flush=True)
 
+    @property
+    def done(self) -> int:
+        """Stages finished: by an earlier run (reused) or by this one (timed)."""
+        return len(self.reused) + len(self.durations)
+
     def finished(self, seconds: float) -> None:
         with self.lock:
-            self.done += 1
             self.durations.append(seconds)
 
     def reuse(self, stage_dir: Path) -> None:
         with self.lock:
             self.reused.add(stage_dir)
-            self.done += 1
 
     def eta(self) -> str:
         if not self.durations:
@@ -473,9 +476,8 @@ def _study_difference(previous: Any, now: dict[str, Any]) -> str:
     if names != [c["name"] for c in now["configs"]]:
         return f"configurations {names} there, {[c['name'] for c in now['configs']]} now"
     for old, new in zip(there, now["configs"], strict=True):
-        for key in sorted(set(old) | set(new)):
-            if old.get(key) != new.get(key):
-                return f"configuration {new['name']!r}, {key}: {old.get(key)!r} there, {new.get(key)!r} now"
+        if old != new:
+            return f"configuration {new['name']!r}, {rundir.first_difference(old, new)}"
     return "the file differs"
 
 

@@ -50,11 +50,12 @@ def _comparable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in drop}
 
 
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
+def first_difference(a: Any, b: Any, prefix: str = "") -> str:
+    """``key.path: A there, B now`` for the first (sorted) key at which two nested mappings differ."""
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+                return first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
     return f"{prefix.rstrip('.')}: {a!r} there, {b!r} now"
 
 
@@ -62,7 +63,7 @@ def settings_difference(saved: dict[str, Any], now: dict[str, Any]) -> str | Non
     """The first difference between two recorded configurations that a run's resume would refuse (the logging
     section and the sections a stage does not use are free); None when there is none."""
     a, b = _comparable(saved), _comparable(now)
-    return None if a == b else _first_difference(a, b)
+    return None if a == b else first_difference(a, b)
 
 
 # -- what a directory holds ------------------------------------------------------------------------------
