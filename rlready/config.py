@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlready.data.world import GENERATOR_VERSION
 from rlready.losses.schedules import SCHEDULES, Constant, Schedule, parse_schedule, weighting_at
 from rlready.losses.schemes import check_k
 
@@ -83,6 +84,9 @@ class DataConfig:
     world_chars: int = 2_000_000  # characters of generated training text per stage
     reasoning_max_steps: int = 3  # difficulty of the world's arithmetic problems (operations per problem)
     reasoning_max_operand: int = 20  # ... and the largest operand
+    # The synthetic world's generator. Recorded in a run's config.json, so that a run or study made on an
+    # earlier world's text is refused on resume instead of continued on other data; only this one is made.
+    world_version: int = GENERATOR_VERSION
     cache_dir: str | None = None  # token shards; None: $RLREADY_CACHE or ~/.cache/rlready
 
     def validate(self) -> None:
@@ -98,6 +102,11 @@ class DataConfig:
         _at_most("data.vocab_size", self.vocab_size, MAX_VOCAB_SIZE)
         _at_most("data.world_chars", self.world_chars, MAX_WORLD_CHARS)
         _at_most("data.reasoning_max_steps", self.reasoning_max_steps, MAX_PROBLEM_STEPS)
+        if self.world_version != GENERATOR_VERSION:
+            raise ConfigError(
+                f"data.world_version {self.world_version} cannot be generated: this rlready makes world "
+                f"version {GENERATOR_VERSION} (install the rlready that made the run to resume it)"
+            )
 
 
 # The knobs that follow a schedule over training, and all the fields that define the objective (chunk_size

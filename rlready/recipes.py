@@ -107,7 +107,7 @@ _PRETRAIN: dict[str, Callable[[], RunConfig]] = {
 # numbers, and then how sure it is of them and of the arithmetic, depends on the number of updates, and RL
 # needs a mid-trained model that already solves a fair share of problems (docs/method.md §9; the runs behind
 # it: BENCHMARKS.md, "Preset sizing notes"). Sequences twice as long at half the batch: 1024 tokens a step.
-_MIDTRAIN_STEPS = {"tiny": 800, "small": 1200}
+_MIDTRAIN_STEPS = {"tiny": 1200, "small": 1200}
 
 
 def _midtrain(pre: RunConfig, max_steps: int | None) -> RunConfig:

@@ -66,6 +66,8 @@ VALUES: dict[str, object] = {
     "log.progress": "lines",
 }
 SECTIONS = ("model", "data", "loss", "train", "eval", "log")
+# Fields with one valid value, recorded rather than chosen (tested on their own below).
+RECORDED = {"data.world_version"}
 
 
 def _get(cfg: RunConfig, dotted: str) -> object:
@@ -117,7 +119,7 @@ def test_table_covers_every_field_of_the_stage_sections():
     fields = {"seed"}
     for section in SECTIONS:
         fields |= {f"{section}.{f.name}" for f in dataclasses.fields(getattr(RunConfig(), section))}
-    assert fields == set(VALUES)
+    assert fields == set(VALUES) | RECORDED
 
 
 @pytest.mark.parametrize("dotted", sorted(VALUES))
@@ -205,6 +207,7 @@ def test_midtrain_defaults_follow_the_paper_recipe():
         ([("data.vocab_size", "100")], "data.vocab_size"),
         ([("data.vocab_size", "257")], "data.vocab_size must be >= 258"),  # bytes, EOS and PAD
         ([("model.rope_theta", "-1")], "model.rope_theta"),
+        ([("data.world_version", "5")], "data.world_version 5 cannot be generated"),
         ([("model.dtype", "int8")], "model.dtype"),
         ([("model.preset", "huge")], "huge"),
         ([("eval.pass_k", "9"), ("eval.samples", "8")], "eval.pass_k"),
@@ -428,3 +431,22 @@ def test_loss_overrides_resolve_to_the_same_knobs_and_text():
         == loss.knobs()
         == {"beta": ".5", "lam_head": "0.0", "lam_tail": "linear:0:-0.1", "k": 9}
     )
+
+
+def test_world_version_is_recorded_and_an_earlier_world_is_not_resumed(tmp_path):
+    """config.json records the world's generator; a run recorded before it (an older rlready's, without the
+    field) or with another version is refused on resume instead of continued on other text."""
+    from rlready.data.world import GENERATOR_VERSION
+    from rlready.train import rundir
+
+    cfg = recipes.resolve("pretrain", "tiny")
+    assert cfg.to_dict()["data"]["world_version"] == GENERATOR_VERSION
+    out = tmp_path / "run"
+    rundir.claim(out, cfg, overwrite=False).release()
+    (out / "checkpoints").mkdir()  # a run that trained: not replaced silently
+    assert rundir.check_run_dir(out, cfg, overwrite=False) == "resume"
+    saved = json.loads((out / "config.json").read_text())
+    del saved["data"]["world_version"]
+    (out / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=f"data.world_version: None there, {GENERATOR_VERSION} now"):
+        rundir.check_run_dir(out, cfg, overwrite=False)

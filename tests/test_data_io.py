@@ -30,7 +30,7 @@ WORLD = WorldConfig(seed=7, n_entities=40, n_cities=10)
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The default vocab size; this small world's text saturates below it (~1400 tokens).
-    tok = train_tokenizer(generate_documents(WORLD, "pretrain", n_chars=300_000))
+    tok = train_tokenizer(generate_documents(WORLD, "pretrain", n_chars=600_000))
     return save_tokenizer(tok, tmp_path_factory.mktemp("tok"))
 
 

@@ -31,7 +31,6 @@ def test_default_configurations_run_ce_and_beta_minus_quarter_through_rl_and_pre
         _row("beta=0.5", "0.5", **pre),
         _row("lam_tail=-1", lam_tail="-1", **pre),
         _row("lam_head=0.1", lam_head="0.1", **pre),
-        _row("beta=-1", "-1", **pre),
     ]
 
 
