@@ -96,9 +96,10 @@ DOSE_CONFIGS = (
 PAPER_CONFIGS = (*BETA_CONFIGS, *LAM_CONFIGS, *DOSE_CONFIGS)
 # The default study, sized to take at most 15 minutes on 2 cores (BENCHMARKS.md, "The tiny study"): CE and
 # beta=-0.25, the paper's headline RL comparison, through RL; beta=0.5 and the lam arms (whose claims test what
-# their knobs move after pre-training) pre-trained only. Five pre-trainings and two chains fill both cores to
-# the end; a further pre-trained arm costs a round of pre-training, a further chain about one mid-training
-# (docs/method.md §5.4). `--configs paper` takes all five through RL and adds the dose-response.
+# their knobs move after pre-training) pre-trained only: three rounds of pre-training, then both chains'
+# mid-training and RL side by side. A sixth pre-trained arm would fit the third round but leave no margin to
+# the 15 minutes; a further chain costs about one mid-training (docs/method.md §5.4). `--configs paper` takes
+# all five through RL and adds the dose-response.
 DEFAULT_CONFIGS = (
     *BETA_CONFIGS[:2],
     replace(BETA_CONFIGS[2], until="pretrain"),
