@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--seeds", type=int, default=1, help="seeds per configuration (default: 1)")
     st.add_argument(
         "--configs",
-        help="a named set: 'default' (the default: CE and beta=-0.25 through RL; beta=0.5 and the two lam "
-        "arms pre-trained only), 'paper' (the paper's five through RL, and beta=-1, -0.5, 1 pre-trained "
+        help="a named set: 'default' (the default: CE and beta=-0.25 through RL; beta=0.5, the two lam arms "
+        "and beta=-1 pre-trained only), 'paper' (the paper's five through RL, and beta=-1, -0.5, 1 pre-trained "
         "only) or 'beta' (CE, beta=-0.25, beta=0.5 through RL: the multi-seed paired study); or a YAML/TOML list of "
         "{name, beta, lam_head, lam_tail, k, until}, or a mapping of such a `configs` list and `claims` for the "
         "report to check besides its own",

@@ -105,7 +105,7 @@ class DataConfig:
         if self.world_version != GENERATOR_VERSION:
             raise ConfigError(
                 f"data.world_version {self.world_version} cannot be generated: this rlready makes world "
-                f"version {GENERATOR_VERSION} (install the rlready that made the run to resume it)"
+                f"version {GENERATOR_VERSION} (use the rlready that made the run)"
             )
 
 

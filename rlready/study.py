@@ -95,15 +95,16 @@ DOSE_CONFIGS = (
 # The paper's five configurations through RL, and the dose-response.
 PAPER_CONFIGS = (*BETA_CONFIGS, *LAM_CONFIGS, *DOSE_CONFIGS)
 # The default study, sized to take at most 15 minutes on 2 cores (BENCHMARKS.md, "The tiny study"): CE and
-# beta=-0.25, the paper's headline RL comparison, through RL; beta=0.5 and the lam arms (whose claims test what
-# their knobs move after pre-training) pre-trained only: three rounds of pre-training, then both chains'
-# mid-training and RL side by side. A sixth pre-trained arm would fit the third round but leave no margin to
-# the 15 minutes; a further chain costs about one mid-training (docs/method.md §5.4). `--configs paper` takes
-# all five through RL and adds the dose-response.
+# beta=-0.25, the paper's headline RL comparison, through RL; beta=0.5, the lam arms (whose claims test what
+# their knobs move after pre-training) and beta=-1 pre-trained only, so that held-out entropy is measured at
+# four beta values. Three rounds of pre-training, then both chains' mid-training and RL side by side; a
+# further pre-trained arm costs a round of pre-training, a further chain about one mid-training
+# (docs/method.md §5.4). `--configs paper` takes all five through RL.
 DEFAULT_CONFIGS = (
     *BETA_CONFIGS[:2],
     replace(BETA_CONFIGS[2], until="pretrain"),
     *(replace(c, until="pretrain") for c in LAM_CONFIGS),
+    DOSE_CONFIGS[0],
 )
 # Named configuration sets for --configs (a file path is read instead).
 CONFIG_SETS = {"default": DEFAULT_CONFIGS, "paper": PAPER_CONFIGS, "beta": BETA_CONFIGS}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -301,6 +302,25 @@ def test_identity_changes_with_config_and_count() -> None:
     assert base != world_identity(SMALL, "pretrain", n_chars=1001)
     assert base != world_identity(SMALL, "midtrain", n_chars=1000)
     assert base != world_identity(WorldConfig(seed=4, n_entities=30, n_cities=8), "pretrain", n_chars=1000)
+
+
+# The default world's first documents of each stage at this GENERATOR_VERSION. A change to the generated text
+# (code or a WorldConfig default) must bump GENERATOR_VERSION, which token caches and every run's config.json
+# (data.world_version) record, so that text of another generator is never reused or resumed on: then update
+# these digests along with it.
+WORLD_DIGESTS = {6: {"pretrain": "5fefe7b3b5dcb0b1", "midtrain": "8a707e6e08e03a03"}}
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "midtrain"])
+def test_generated_text_is_pinned_to_the_generator_version(stage: str) -> None:
+    from rlready.data.world import GENERATOR_VERSION
+
+    text = "\x00".join(generate_documents(WorldConfig(), stage, n_documents=300))
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert GENERATOR_VERSION in WORLD_DIGESTS, "record the new generator's digests in WORLD_DIGESTS"
+    assert digest == WORLD_DIGESTS[GENERATOR_VERSION][stage], (
+        f"{stage} text changed at generator {GENERATOR_VERSION}: bump GENERATOR_VERSION and record the digests"
+    )
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ def test_default_configurations_run_ce_and_beta_minus_quarter_through_rl_and_pre
         _row("beta=0.5", "0.5", **pre),
         _row("lam_tail=-1", lam_tail="-1", **pre),
         _row("lam_head=0.1", lam_head="0.1", **pre),
+        _row("beta=-1", "-1", **pre),
     ]
 
 
@@ -469,6 +470,12 @@ def test_a_stage_finished_with_other_settings_is_refused_not_reused(tmp_path: Pa
     for key, value, field in (
         ("train", {**pre["train"], "batch_size": 16}, "train.batch_size: 16 there, 8 now"),
         ("data", {**pre["data"], "world_seed": 1}, "data.world_seed: 1 there, 0 now"),
+        # A stage an earlier rlready ran on its own world's text, before config.json recorded the version.
+        (
+            "data",
+            {k: v for k, v in pre["data"].items() if k != "world_version"},
+            f"data.world_version: None there, {pre['data']['world_version']} now",
+        ),
         ("seed", 4, "seed: 4 there, 3 now"),
     ):
         (job.stage_dir("pretrain") / "config.json").write_text(json.dumps({**pre, key: value}))
