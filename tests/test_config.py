@@ -450,3 +450,9 @@ def test_world_version_is_recorded_and_an_earlier_world_is_not_resumed(tmp_path)
     (out / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ConfigError, match=f"data.world_version: None there, {GENERATOR_VERSION} now"):
         rundir.check_run_dir(out, cfg, overwrite=False)
+    saved["data"]["world_version"] = GENERATOR_VERSION - 1
+    (out / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(
+        ConfigError, match=f"data.world_version: {GENERATOR_VERSION - 1} there, {GENERATOR_VERSION} now"
+    ):
+        rundir.check_run_dir(out, cfg, overwrite=False)
