@@ -15,6 +15,7 @@ question, a multi-hop retrieval that a ~1M-parameter model learns late and only 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rlready.data._sampling import in_heldout
@@ -71,6 +72,11 @@ class Problem:
         a response is the model's choice, which RL can change (docs/method.md §5.2)."""
         return f" #### {self.answer}"
 
+    @property
+    def story(self) -> str:
+        """The question's sentences without the closing question (``Mia has 7 apples. She buys 3 more.``)."""
+        return self.prompt[len("Q: ") : self.prompt.rindex(" How many")]
+
 
 def make_problem(rng: random.Random, config: ReasoningConfig) -> Problem:
     """One random problem. Subtraction never goes below zero, so every answer is a non-negative integer."""
@@ -95,25 +101,32 @@ def make_problem(rng: random.Random, config: ReasoningConfig) -> Problem:
     return Problem(prompt, solution, str(value), key)
 
 
-def copy_drill(rng: random.Random, config: ReasoningConfig) -> str:
+def copy_drill(
+    rng: random.Random, config: ReasoningConfig, problem: Callable[[random.Random], Problem]
+) -> str:
     """Drills of the one skill every solution needs first: copying numbers from the question.
 
-    Three kinds: a list repeated (``Copy: 4 8 1. Again: 4 8 1.``), a story with no operation retold as a
-    solution retells it (three lines, as a problem and its solution take), and one operation's arithmetic
-    (``7 + 3 = 10.``). Taught from the start of pre-training, they let every seed learn to copy operands
-    before mid-training instead of only some seeds late in it (docs/method.md §5.1).
+    Three kinds of line: a list of numbers or a problem's story repeated (``Copy: 4 8 1. Again: 4 8 1.``), a
+    problem with its step-by-step solution (``problem(rng)``: the caller's training problems, so that drills
+    never show held-out arithmetic), and one operation's arithmetic (``7 + 3 = 10.``). Repeating a story and
+    retelling it copy every operand after the phrase that precedes it, not only the first one after ``has``:
+    the lookup a solution needs at each step, which without these drills a tiny model formed late in
+    mid-training and in about one seed of eight not at all (docs/method.md §5.1).
     """
     lines = []
     for _ in range(rng.randint(3, 6)):
         kind = rng.choice((0, 1, 2, 2))  # arithmetic twice as often: its facts are many, each seen rarely
         if kind == 0:
-            numbers = " ".join(str(rng.randint(0, config.max_operand)) for _ in range(rng.randint(2, 6)))
-            lines.append(f"Copy: {numbers}. Again: {numbers}.")
+            if rng.random() < 0.5:
+                text = (
+                    " ".join(str(rng.randint(0, config.max_operand)) for _ in range(rng.randint(2, 6))) + "."
+                )
+            else:
+                text = problem(rng).story
+            lines.append(f"Copy: {text} Again: {text}")
         elif kind == 1:
-            name, _ = rng.choice(PEOPLE)
-            items, value = rng.choice(ITEMS), rng.randint(1, config.max_operand)
-            story = f"{name} has {value} {items}."
-            lines.append(f"Q: {story} How many {items} does {name} have now?\nA: {story}\n#### {value}")
+            p = problem(rng)
+            lines.append(p.prompt + p.solution)
         else:
             lines.append(_arithmetic_line(rng, config))
     return "\n".join(lines)

@@ -36,7 +36,7 @@ STAGES = ("pretrain", "midtrain")
 SPLITS = ("train", "eval")
 # Bump when a change alters the generated text (code or a default of WorldConfig): cached token shards of the
 # old text are not reused, and a run recorded with the old version (``data.world_version``) is not resumed.
-GENERATOR_VERSION = 6
+GENERATOR_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ class World:
         return p.prompt + (p.short_solution if short else p.solution)
 
     def _drill_document(self, rng: random.Random) -> str:
-        return copy_drill(rng, self.config.reasoning)
+        return copy_drill(rng, self.config.reasoning, lambda r: self._problem(r, "train"))
 
     def _in_split(self, sentence: str, split: Split) -> bool:
         # Rejection keeps the distribution of each split the grammar's, conditioned on the split.
