@@ -34,7 +34,7 @@ def _kind(doc: str) -> str:
     if (
         "Copy:" in doc
         or re.fullmatch(r"\d+ [-+*] \d+ = \d+\.", doc.splitlines()[0])
-        or re.search(r"now\?\nA: \w+ has \d+ \w+\.\n####", doc)
+        or re.search(r"\n#### \d+\n", doc)  # a reasoning document is one problem; drills go on after it
     ):
         return "drills"
     if "####" in doc:
@@ -272,6 +272,11 @@ def test_reasoning_splits_share_no_canonical_problem(small_world: World, train_d
     assert len(in_docs) > 1000
     assert not {p.key for p in held} & in_docs
     assert not {p.key for p in held} & {p.key for p in rl}
+    # Drills repeat training problems' stories: no held-out story is among them.
+    repeated = {
+        m.group(1) for d in train_docs for m in re.finditer(r"^Copy: (.* has .*) Again:", d, flags=re.M)
+    }
+    assert len(repeated) > 300 and not {p.story for p in held} & repeated
 
 
 def test_tiny_problem_space_fails_clearly() -> None:
@@ -308,7 +313,7 @@ def test_identity_changes_with_config_and_count() -> None:
 # (code or a WorldConfig default) must bump GENERATOR_VERSION, which token caches and every run's config.json
 # (data.world_version) record, so that text of another generator is never reused or resumed on: then update
 # these digests along with it.
-WORLD_DIGESTS = {6: {"pretrain": "5fefe7b3b5dcb0b1", "midtrain": "8a707e6e08e03a03"}}
+WORLD_DIGESTS = {7: {"pretrain": "13b07e3ac1d11097", "midtrain": "c9590f57bdc4b146"}}
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "midtrain"])
@@ -378,25 +383,49 @@ def test_bad_document_requests(small_world: World) -> None:
         WorldConfig.from_dict({"seed": 1, "n_entitys": 3})
 
 
-def test_drills_arithmetic_is_right_and_reaches_carried_results() -> None:
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def _drill_lines(cfg: ReasoningConfig, n: int = 400) -> list[str]:
     import random
 
-    from rlready.data.reasoning import copy_drill
+    from rlready.data.reasoning import copy_drill, make_problem
 
-    cfg = ReasoningConfig(max_operand=9, max_multiplier=3)
     rng = random.Random(0)
-    lines = [x for _ in range(400) for x in copy_drill(rng, cfg).splitlines()]
+    return [x for _ in range(n) for x in copy_drill(rng, cfg, lambda r: make_problem(r, cfg)).splitlines()]
+
+
+def test_drills_arithmetic_is_right_and_reaches_carried_results() -> None:
+    cfg = ReasoningConfig(max_operand=9, max_multiplier=3)
+    lines = _drill_lines(cfg)
     steps = [STEP.fullmatch(x).groups() for x in lines if STEP.fullmatch(x)]
-    items = len(steps) + sum(x.startswith(("Copy:", "Q:")) for x in lines)  # a story spans three lines
+    items = len(steps) + sum(x.startswith(("Copy:", "Q:")) for x in lines)  # a problem spans three lines
     assert 0.4 < len(steps) / items < 0.6  # half of the drills
-    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
-    assert all(ops[op](int(a), int(b)) == int(c) >= 0 for a, op, b, c in steps)
+    assert all(_OPS[op](int(a), int(b)) == int(c) >= 0 for a, op, b, c in steps)
     firsts = [int(a) for a, *_ in steps]
     assert max(firsts) == 27 and min(firsts) == 1  # up to max_operand * max_multiplier
     assert 0.2 < sum(a > 9 for a in firsts) / len(firsts) < 0.5
-    # Retold stories without an operation: the answer is the story's number.
-    text = "\n".join(lines)
-    stories = re.findall(
-        r"Q: \w+ has (\d+) \w+\. How many \w+ does \w+ have now\?\nA: \w+ has (\d+) \w+\.\n#### (\d+)", text
-    )
-    assert len(stories) > 100 and all(a == b == c for a, b, c in stories)
+
+
+def test_drills_repeat_lists_and_stories_and_retell_whole_problems() -> None:
+    cfg = ReasoningConfig(max_operand=9, max_multiplier=3)
+    text = "\n".join(_drill_lines(cfg))
+    copies = re.findall(r"^Copy: (.*) Again: (.*)$", text, flags=re.M)
+    assert len(copies) > 200 and all(a == b for a, b in copies)
+    stories = [a for a, _ in copies if " has " in a]
+    assert 0.35 < len(stories) / len(copies) < 0.65  # half lists of numbers, half a problem's story
+    # The story of a repeat is a problem's: it holds more than the first operand.
+    assert sum(len(re.findall(r"\d+", a)) >= 2 for a in stories) == len(stories)
+    # Retold problems: the solution retells the story sentence by sentence, with right arithmetic, and ends in
+    # the answer the key gives; they take more than one step, so later operands are copied too.
+    retold = re.findall(r"^Q: (.*) How many \w+ does \w+ have now\?\nA: (.*)\n#### (\d+)$", text, flags=re.M)
+    assert len(retold) > 100
+    for story, solution, answer in retold:
+        assert STEP.sub("", solution).split() == story.split()
+        steps = STEP.findall(solution)
+        assert (
+            all(c == a for (*_, c), (a, *_) in zip(steps[:-1], steps[1:], strict=True))
+            and steps[-1][3] == answer
+        )
+        assert all(_OPS[op](int(a), int(b)) == int(c) for a, op, b, c in steps)
+    assert any(len(STEP.findall(s)) >= 2 for _, s, _ in retold)
