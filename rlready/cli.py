@@ -160,6 +160,14 @@ def _run_export(args: argparse.Namespace, extra: list[str]) -> int:
             raise config.ConfigError(f"cannot read {saved}: {err}") from None
         if not isinstance(base, dict):
             raise config.ConfigError(f"{saved} does not hold a configuration")
+        data = base.get("data") if isinstance(base.get("data"), dict) else {}
+        if not args.no_world and data.get("path") is None and "world_version" not in data:
+            # Runs recorded before world versions were: their world is not this rlready's to regenerate, and
+            # the default would silently export the current world's problems as theirs.
+            raise config.ConfigError(
+                f"{saved} records no data.world_version: its synthetic world is older than this rlready's "
+                "(export with the rlready that made the run, or --no-world with --jsonl)"
+            )
         stage = args.stage or base.get("stage", "rl")
         preset = args.preset or (base.get("model") or {}).get("preset", "tiny")
         cfg = recipes.resolve(stage, preset, base={**base, "stage": stage}, overrides=overrides)

@@ -424,6 +424,35 @@ def _at_most(name: str, value: int, limit: int) -> None:
         raise ConfigError(f"{name} must be <= {limit}, got {value}")
 
 
+# -- the world an --init model was trained on ---------------------------------------------------------------
+
+
+def init_world_mismatch(cfg: RunConfig) -> str | None:
+    """A one-line note when ``--init`` is the ``final/`` of an rlready run on another synthetic world than this
+    run's (generator version or world seed); None when they match or nothing is recorded to compare (a model
+    not written by an rlready run, or a run on ``--data.path`` text or ``--rl.data`` tasks). Not an error: continuing from another
+    world's model is a legitimate experiment, but a chain of stages made across an upgrade of rlready mixes
+    worlds without it showing anywhere else (the study compares its stages' settings itself)."""
+    if not cfg.model.init or cfg.data.path or (cfg.stage == "rl" and cfg.rl.data):
+        return None
+    try:
+        saved = json.loads((Path(cfg.model.init).parent / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    data = saved.get("data") if isinstance(saved, dict) and "stage" in saved else None
+    if not isinstance(data, dict) or data.get("path"):
+        return None
+    theirs = (data.get("world_version"), data.get("world_seed", 0))
+    ours = (cfg.data.world_version, cfg.data.world_seed)
+    if theirs == ours:
+        return None
+    version = "an unrecorded version (before 6)" if theirs[0] is None else f"version {theirs[0]}"
+    return (
+        f"--init {cfg.model.init} was trained on synthetic world {version}, seed {theirs[1]}; this run makes "
+        f"world version {ours[0]}, seed {ours[1]}: the two stages see different worlds"
+    )
+
+
 # -- lengths against the model's context ----------------------------------------------------------------
 
 

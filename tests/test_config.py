@@ -456,3 +456,41 @@ def test_world_version_is_recorded_and_an_earlier_world_is_not_resumed(tmp_path)
         ConfigError, match=f"data.world_version: {GENERATOR_VERSION - 1} there, {GENERATOR_VERSION} now"
     ):
         rundir.check_run_dir(out, cfg, overwrite=False)
+
+
+def _init_run(tmp_path, data: dict) -> str:
+    """An --init directory inside a run directory whose config.json records ``data``."""
+    run = tmp_path / "pt"
+    (run / "final").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"stage": "pretrain", "data": data}))
+    return str(run / "final")
+
+
+def test_init_from_another_world_is_noted_not_refused(tmp_path):
+    from rlready.config import init_world_mismatch
+    from rlready.data.world import GENERATOR_VERSION as V
+
+    def note(data, *overrides, stage="midtrain"):
+        init = _init_run(tmp_path / str(len(list(tmp_path.iterdir()))), data)
+        return init_world_mismatch(
+            recipes.resolve(stage, "tiny", overrides=[("model.init", init), *overrides])
+        )
+
+    assert note({"world_version": V, "world_seed": 0}) is None
+    assert note({"world_version": V}) is None  # the seed's default
+    assert f"world version {V - 1}, seed 0; this run makes world version {V}, seed 0" in note(
+        {"world_version": V - 1, "world_seed": 0}
+    )
+    assert "an unrecorded version (before 6), seed 0" in note({"world_seed": 0})
+    assert "seed 1; this run makes world version" in note({"world_version": V, "world_seed": 1})
+    assert note({"world_version": V, "world_seed": 1}, stage="rl") is not None  # RL's tasks are the world's
+    # Nothing to compare: text data on either side, RL on a task file, or no rlready run around the model.
+    assert note({"world_version": V - 1, "path": "corpus.txt"}) is None
+    assert note({"world_version": V - 1}, ("data.path", "corpus.txt")) is None
+    assert note({"world_version": V - 1}, ("rl.data", "tasks.jsonl"), stage="rl") is None
+    bare = tmp_path / "hub-model"
+    bare.mkdir()
+    cfg = recipes.resolve("midtrain", "tiny", overrides=[("model.init", str(bare))])
+    assert init_world_mismatch(cfg) is None
+    (tmp_path / "config.json").write_text("{not json")
+    assert init_world_mismatch(cfg) is None

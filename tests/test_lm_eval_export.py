@@ -169,6 +169,23 @@ def test_export_errors_are_one_line_and_exit_2(tmp_path, args, message):
     assert not (tmp_path / "tasks").exists()
 
 
+@pytest.mark.parametrize(
+    ("version", "message"), [(None, "records no data.world_version"), (6, "world_version 6")]
+)
+def test_export_refuses_a_run_of_another_world(tmp_path, version, message):
+    # Its held-out problems are another world's: exporting this world's as the run's would mislead.
+    run, _ = run_dir(tmp_path, "rl")
+    saved = json.loads((run / "config.json").read_text())
+    if version is None:
+        del saved["data"]["world_version"]
+    else:
+        saved["data"]["world_version"] = version
+    (run / "config.json").write_text(json.dumps(saved))
+    done = cli("export-lm-eval", "--out", str(tmp_path / "tasks"), "--config", str(run))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr
+    assert not (tmp_path / "tasks").exists()
+
+
 # ------------------------------------------------------------------------------------------ lm-eval itself
 
 

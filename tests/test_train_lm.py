@@ -369,3 +369,22 @@ def test_a_bad_init_leaves_no_trace(pretrained, env, tmp_path):
     with pytest.raises(ValueError, match="model.safetensors"):
         lm.run(make_cfg(env, "midtrain", **{"model.init": str(init)}), out)
     assert not out.exists()
+
+
+def test_midtrain_notes_an_init_from_another_world(pretrained, env, tmp_path, capsys):
+    from rlready.data.world import GENERATOR_VERSION
+
+    old = tmp_path / "old-pt"
+    shutil.copytree(pretrained[0] / "final", old / "final")
+    saved = json.loads((pretrained[0] / "config.json").read_text())
+    saved["data"]["world_version"] = GENERATOR_VERSION - 1
+    (old / "config.json").write_text(json.dumps(saved))
+    for init, noted in ((pretrained[0] / "final", False), (old / "final", True)):
+        capsys.readouterr()
+        out = tmp_path / f"mid-{noted}"
+        lm.run(make_cfg(env, "midtrain", **{"model.init": str(init), "train.max_steps": "1"}), out)
+        warned = (
+            f"rlready: warning: --init {init} was trained on synthetic world version {GENERATOR_VERSION - 1}"
+        )
+        assert (warned in capsys.readouterr().err) is noted
+        assert (out / "final").is_dir()  # noted, not refused

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlready.config import ConfigError, RunConfig
+from rlready.config import ConfigError, RunConfig, init_world_mismatch
 from rlready.errors import TrainingError
 from rlready.losses import TokenWeighting, fused_linear_shaped_cross_entropy
 from rlready.train import checkpoint, dist, loop
@@ -314,6 +314,8 @@ def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFla
     )
     warn = loop.warner(d.is_main)
     ckpt = loop.resume(out, d, model, warn, require=("tokens", "loader"))
+    if ckpt is None and (note := init_world_mismatch(cfg)):
+        warn(note)
     if ckpt is not None:
         loader.load_state_dict(ckpt.state["loader"])
     step, tokens = (ckpt.step, int(ckpt.state["tokens"])) if ckpt is not None else (0, 0)

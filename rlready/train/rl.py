@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlready.config import ConfigError, RunConfig
+from rlready.config import ConfigError, RunConfig, init_world_mismatch
 from rlready.eval.reasoning import eval_seed, evaluate_reasoning
 from rlready.metrics import paired_gain
 from rlready.rl.advantages import group_advantages
@@ -155,6 +155,8 @@ def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFla
     model.train()
     warn = loop.warner(d.is_main)
     ckpt = loop.resume(out, d, model, warn, require=("samples", *_RLState.KEYS))
+    if ckpt is None and (note := init_world_mismatch(cfg)):
+        warn(note)
     wrapped = dist.wrap(model, d, fsdp=tc.fsdp)
     optimizer = make_optimizer(model, cfg)  # after wrapping: FSDP2 replaces the parameters with shards
     for group in optimizer.param_groups:
