@@ -161,7 +161,11 @@ def test_workers_end_quietly_when_the_trainer_is_killed(tmp_path: Path, mode: st
 
 # Workers held in their start-up (a slow reward import) when Ctrl-C reaches the trainer's group.
 INTERRUPTED = """
-import os, sys
+import os, signal, sys
+# As a job started from a terminal: Ctrl-C unblocked and raising KeyboardInterrupt. A signal mask or an ignored
+# SIGINT is inherited across exec, and the test process may carry one from an earlier test.
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGINT}})
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {tests_dir!r})
 from rl_scoring_helpers import process_reward
 from rlready.rl.scoring import RewardScorer
