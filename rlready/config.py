@@ -430,9 +430,10 @@ def _at_most(name: str, value: int, limit: int) -> None:
 def init_world_mismatch(cfg: RunConfig) -> str | None:
     """A one-line note when ``--init`` is the ``final/`` of an rlready run on another synthetic world than this
     run's (generator version or world seed); None when they match or nothing is recorded to compare (a model
-    not written by an rlready run, or a run on ``--data.path`` text or ``--rl.data`` tasks). Not an error: continuing from another
-    world's model is a legitimate experiment, but a chain of stages made across an upgrade of rlready mixes
-    worlds without it showing anywhere else (the study compares its stages' settings itself)."""
+    not written by an rlready run, or a run on ``--data.path`` text or ``--rl.data`` tasks). Not an error:
+    continuing from another world's model is a legitimate experiment, but a chain of stages made across an
+    upgrade of rlready mixes worlds without it showing anywhere else (the study compares its stages' settings
+    itself)."""
     if not cfg.model.init or cfg.data.path or (cfg.stage == "rl" and cfg.rl.data):
         return None
     try:
