@@ -11,7 +11,7 @@ import pytest
 
 from rlready.data import knowledge
 from rlready.data._sampling import in_heldout
-from rlready.data.reasoning import ReasoningConfig
+from rlready.data.reasoning import Problem, ReasoningConfig
 from rlready.data.world import StageMix, World, WorldConfig, generate_documents, world_identity
 
 SMALL = WorldConfig(seed=3, n_entities=30, n_cities=8)
@@ -49,6 +49,7 @@ def _sentences(docs: list[str]) -> set[str]:
 
 
 STEP = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)\.")
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
 def _story_key(story: str) -> str:
@@ -252,10 +253,9 @@ def test_language_has_invented_rare_words_but_no_unwanted_ones(small_world: Worl
 def _check_problem(p) -> None:
     steps = STEP.findall(p.solution)
     assert steps, p.solution
-    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
     prev = None
     for a, op, b, c in steps:
-        assert ops[op](int(a), int(b)) == int(c)
+        assert _OPS[op](int(a), int(b)) == int(c)
         assert prev is None or int(a) == prev
         prev = int(c)
     assert p.solution.endswith(f"\n#### {p.answer}")
@@ -413,9 +413,6 @@ def test_bad_document_requests(small_world: World) -> None:
         WorldConfig.from_dict({"seed": 1, "n_entitys": 3})
 
 
-_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
-
-
 def _drill_lines(cfg: ReasoningConfig, n: int = 400) -> list[str]:
     import random
 
@@ -446,16 +443,11 @@ def test_drills_repeat_lists_and_stories_and_retell_whole_problems() -> None:
     assert 0.35 < len(stories) / len(copies) < 0.65  # half lists of numbers, half a problem's story
     # The story of a repeat is a problem's: it holds more than the first operand.
     assert sum(len(re.findall(r"\d+", a)) >= 2 for a in stories) == len(stories)
-    # Retold problems: the solution retells the story sentence by sentence, with right arithmetic, and ends in
-    # the answer the key gives; they take more than one step, so later operands are copied too.
-    retold = re.findall(r"^Q: (.*) How many \w+ does \w+ have now\?\nA: (.*)\n#### (\d+)$", text, flags=re.M)
+    # Retold problems: each is a whole problem as make_problem writes it (the solution retells the story
+    # sentence by sentence, with right arithmetic, and ends in the answer); they take more than one step, so
+    # later operands are copied too.
+    retold = re.findall(r"^(Q: .* How many \w+ does \w+ have now\?\nA:)( .*\n#### (\d+))$", text, flags=re.M)
     assert len(retold) > 100
-    for story, solution, answer in retold:
-        assert STEP.sub("", solution).split() == story.split()
-        steps = STEP.findall(solution)
-        assert (
-            all(c == a for (*_, c), (a, *_) in zip(steps[:-1], steps[1:], strict=True))
-            and steps[-1][3] == answer
-        )
-        assert all(_OPS[op](int(a), int(b)) == int(c) for a, op, b, c in steps)
-    assert any(len(STEP.findall(s)) >= 2 for _, s, _ in retold)
+    for prompt, solution, answer in retold:
+        _check_problem(Problem(prompt, solution, answer, _solution_key(solution)))
+    assert any(len(STEP.findall(solution)) >= 2 for _, solution, _ in retold)
