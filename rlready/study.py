@@ -193,6 +193,10 @@ class Job:
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
 
+    def init(self, stage: str) -> str:
+        """What ``stage`` starts from (``--init``): the model its previous stage exported."""
+        return str(self.stage_dir(STAGE_ORDER[STAGE_ORDER.index(stage) - 1]) / "final")
+
     def command(
         self, stage: str, preset: str, extra: list[str], launcher: list[str] | None = None
     ) -> list[str]:
@@ -210,8 +214,7 @@ class Job:
             str(self.stage_dir(stage)),
         ]
         if stage != "pretrain":
-            previous = STAGE_ORDER[STAGE_ORDER.index(stage) - 1]
-            cmd += ["--init", str(self.stage_dir(previous) / "final")]
+            cmd += ["--init", self.init(stage)]
         for key, value in self.overrides(stage, extra):
             cmd += [f"--{key}", value]
         return cmd
@@ -348,11 +351,26 @@ def _run_stage(
     progress.line(f"{job.label}: {stage} done in {took:.0f}s ({progress.eta()})")
 
 
+def _follow_move(job: Job, stage: str) -> None:
+    """Point a begun stage's recorded ``model.init`` at where its previous stage is now. A study directory that
+    was moved while a stage was unfinished would otherwise have that stage refuse to resume, as a run of another
+    configuration (its config.json names the old path). Called once every other setting was checked
+    (:func:`_check_finished`): the model the new path names is the study's own previous stage."""
+    if stage == "pretrain":
+        return
+    path = job.stage_dir(stage) / "config.json"
+    saved = json.loads(path.read_text())  # a mapping: _check_finished has read it
+    model = saved.get("model")
+    if isinstance(model, dict) and isinstance(model.get("init"), str) and model["init"] != job.init(stage):
+        rundir.write_json(path, {**saved, "model": {**model, "init": job.init(stage)}})
+
+
 def finished_stages(jobs: list[Job], preset: str, extra: list[str]) -> set[Path]:
     """The directories of the jobs' stages that an earlier run of the study finished. Those and the stages it
     began (a ``config.json`` written, the run checkpointed) are checked by :func:`_check_finished` before any
     stage starts: a resumed study refuses a stage of other settings at once, not hours later when its turn
-    comes, and its ETA counts only the stages left to run."""
+    comes, and its ETA counts only the stages left to run. A begun stage's ``model.init`` follows a move of
+    the study directory (:func:`_follow_move`)."""
     done = set()
     for job in jobs:
         for stage in job.config.stages:
@@ -361,6 +379,7 @@ def finished_stages(jobs: list[Job], preset: str, extra: list[str]) -> set[Path]
                 done.add(job.stage_dir(stage))
             elif (job.stage_dir(stage) / "config.json").is_file():
                 _check_finished(job, stage, preset, extra, state="begun")
+                _follow_move(job, stage)
     return done
 
 

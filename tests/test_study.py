@@ -492,6 +492,32 @@ def test_a_stage_finished_with_other_settings_is_refused_not_reused(tmp_path: Pa
         study._check_finished(job, "pretrain", "tiny", ["--train.max_steps", "5"])
 
 
+def test_a_begun_stage_of_a_moved_study_resumes_where_its_previous_stage_is_now(tmp_path: Path) -> None:
+    from rlready import study
+    from rlready.train import rundir
+
+    job = Job(StudyConfig("b", LossConfig(beta="-0.25")), 1, tmp_path / "new" / "runs" / "b-s1")
+    over = job.overrides("midtrain", [])
+    old_init = str(tmp_path / "old" / "runs" / "b-s1" / "pretrain" / "final")
+    begun = resolve("midtrain", "tiny", overrides=[*over, ("model.init", old_init)]).to_dict()
+    stage = job.stage_dir("midtrain")
+    (stage / "checkpoints").mkdir(parents=True)
+    (stage / "config.json").write_text(json.dumps(begun))
+    # What the stage's own resume check (the real one, rundir.check_run_dir) sees when the study relaunches it.
+    now = resolve("midtrain", "tiny", overrides=[*over, ("model.init", job.init("midtrain"))])
+    with pytest.raises(ConfigError, match="model.init"):
+        rundir.check_run_dir(stage, now, overwrite=False)
+    assert study.finished_stages([job], "tiny", []) == set()
+    assert rundir.check_run_dir(stage, now, overwrite=False) == "resume"
+    recorded = json.loads((stage / "config.json").read_text())
+    assert recorded == {**begun, "model": {**begun["model"], "init": job.init("midtrain")}}
+    # A begun stage of other settings is refused and left as it was.
+    (stage / "config.json").write_text(json.dumps({**begun, "seed": 2}))
+    with pytest.raises(ConfigError, match="midtrain was begun with other settings"):
+        study.finished_stages([job], "tiny", [])
+    assert json.loads((stage / "config.json").read_text()) == {**begun, "seed": 2}
+
+
 def test_summary_records_each_configuration_as_study_json_does(tmp_path: Path) -> None:
     jobs = [Job(c, 0, tmp_path / "runs" / f"{c.name}-s0") for c in DEFAULT_CONFIGS[:2]]
     entry = collect(tmp_path, jobs)["runs"][1]
