@@ -351,18 +351,17 @@ def _run_stage(
     progress.line(f"{job.label}: {stage} done in {took:.0f}s ({progress.eta()})")
 
 
-def _follow_move(job: Job, stage: str) -> None:
+def _follow_move(job: Job, stage: str, saved: dict[str, Any]) -> None:
     """Point a begun stage's recorded ``model.init`` at where its previous stage is now. A study directory that
     was moved while a stage was unfinished would otherwise have that stage refuse to resume, as a run of another
-    configuration (its config.json names the old path). Called once every other setting was checked
-    (:func:`_check_finished`): the model the new path names is the study's own previous stage."""
-    if stage == "pretrain":
-        return
-    path = job.stage_dir(stage) / "config.json"
-    saved = json.loads(path.read_text())  # a mapping: _check_finished has read it
-    model = saved.get("model")
-    if isinstance(model, dict) and isinstance(model.get("init"), str) and model["init"] != job.init(stage):
-        rundir.write_json(path, {**saved, "model": {**model, "init": job.init(stage)}})
+    configuration (its config.json names the old path). ``saved`` is that config.json as :func:`_check_finished`
+    read and accepted it (every other setting equal, a ``model`` section included): the model the new path
+    names is the study's own previous stage."""
+    init = job.init(stage) if stage != "pretrain" else None
+    if init is not None and isinstance(saved["model"].get("init"), str) and saved["model"]["init"] != init:
+        rundir.write_json(
+            job.stage_dir(stage) / "config.json", {**saved, "model": {**saved["model"], "init": init}}
+        )
 
 
 def finished_stages(jobs: list[Job], preset: str, extra: list[str]) -> set[Path]:
@@ -378,15 +377,17 @@ def finished_stages(jobs: list[Job], preset: str, extra: list[str]) -> set[Path]
                 _check_finished(job, stage, preset, extra)
                 done.add(job.stage_dir(stage))
             elif (job.stage_dir(stage) / "config.json").is_file():
-                _check_finished(job, stage, preset, extra, state="begun")
-                _follow_move(job, stage)
+                _follow_move(job, stage, _check_finished(job, stage, preset, extra, state="begun"))
     return done
 
 
-def _check_finished(job: Job, stage: str, preset: str, extra: list[str], state: str = "finished") -> None:
+def _check_finished(
+    job: Job, stage: str, preset: str, extra: list[str], state: str = "finished"
+) -> dict[str, Any]:
     """A finished (or begun) stage counts only if it ran what the study would run now: after a change of recipe
     (a new version's presets) or of an override, reusing it would mix runs of two settings in one comparison.
-    The previous stage's path (``model.init``) is left out, so that a study directory may be moved."""
+    The previous stage's path (``model.init``) is left out, so that a study directory may be moved. Returns the
+    stage's config.json as read."""
     overrides = job.overrides(stage, extra)
     if stage != "pretrain":
         overrides.append(("model.init", "<previous stage>"))
@@ -397,13 +398,14 @@ def _check_finished(job: Job, stage: str, preset: str, extra: list[str], state: 
         saved = None
     if not isinstance(saved, dict):
         raise ConfigError(f"{job.label}: {stage} is {state} but its config.json is missing or unreadable")
-    saved = {**saved, "model": {**saved.get("model", {}), "init": now["model"]["init"]}}
-    why = rundir.settings_difference(saved, now)
+    comparable = {**saved, "model": {**saved.get("model", {}), "init": now["model"]["init"]}}
+    why = rundir.settings_difference(comparable, now)
     if why is not None:
         raise ConfigError(
             f"{job.label}: {stage} was {state} with other settings ({why}), e.g. by an earlier version's "
             "recipe; use another --out"
         )
+    return saved
 
 
 def schedule(jobs: list[Job], parallel: int, run) -> None:
