@@ -88,6 +88,9 @@ class DataConfig:
     # earlier world's text is refused on resume instead of continued on other data; only this one is made.
     world_version: int = GENERATOR_VERSION
     cache_dir: str | None = None  # token shards; None: $RLREADY_CACHE or ~/.cache/rlready
+    # Each packed document attends to itself only (position ids restart after every EOS): mid-training's
+    # recipe (docs/method.md §9). Off, windows attend across EOS, as GPT-style pre-training packs them.
+    document_attention: bool = False
 
     def validate(self) -> None:
         _positive("data.seq_len", self.seq_len)

@@ -128,7 +128,9 @@ def _midtrain(pre: RunConfig, max_steps: int | None) -> RunConfig:
     return replace(
         pre,
         model=replace(pre.model, rope_theta=rope_theta),
-        data=replace(pre.data, seq_len=seq * 2 if seq < 4096 else 16384),
+        # Each document attends to itself only (docs/method.md §9): a problem's solution copies from its own
+        # question, not from another problem that shares the window.
+        data=replace(pre.data, seq_len=seq * 2 if seq < 4096 else 16384, document_attention=True),
         train=replace(
             train,
             final_lr=train.lr / 10,

@@ -29,6 +29,7 @@ VALUES: dict[str, object] = {
     "data.reasoning_max_steps": 4,
     "data.reasoning_max_operand": 30,
     "data.cache_dir": "/cache",
+    "data.document_attention": True,
     "loss.beta": "-0.25",
     "loss.lam_head": "0.1",
     "loss.lam_tail": "linear:0:-0.1",

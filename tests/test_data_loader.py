@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlready.data.loader import PackedBatches
+from rlready.data.loader import PackedBatches, document_positions
 
 L = 8  # seq_len
 TOKENS = np.arange(1 + L * 61, dtype=np.int64)  # 61 windows; token value = position, so layout is checkable
@@ -147,3 +147,27 @@ def test_bad_state() -> None:
         loader.load_state_dict({**state, "step": loader.steps_per_epoch})
     with pytest.raises(ValueError, match="invalid position"):
         loader.load_state_dict({**state, "epoch": -1})
+
+
+def test_document_positions_restart_after_every_eos() -> None:
+    eos = 1
+    inputs = torch.tensor(
+        [
+            [5, 6, 1, 7, 8, 9, 1, 4],  # a window that starts inside a document
+            [1, 2, 3, 1, 1, 5, 6, 7],  # EOS first, and an empty document (two EOS in a row)
+            [3, 3, 3, 3, 3, 3, 3, 3],  # no EOS: one document
+            [2, 2, 2, 2, 2, 2, 2, 1],  # EOS last: nothing after it in the window
+        ]
+    )
+    want = [
+        [0, 1, 2, 0, 1, 2, 3, 0],
+        [0, 0, 1, 2, 0, 0, 1, 2],
+        [0, 1, 2, 3, 4, 5, 6, 7],
+        [0, 1, 2, 3, 4, 5, 6, 7],
+    ]
+    assert document_positions(inputs, eos).tolist() == want
+
+
+def test_document_positions_needs_a_batch() -> None:
+    with pytest.raises(ValueError, match=r"\[batch, time\]"):
+        document_positions(torch.tensor([1, 2, 3]), 1)

@@ -49,3 +49,31 @@ def test_heldout_stats_match_full_logits(model, k, count):
         assert got["head_entropy"] == pytest.approx(got["entropy"], rel=1e-5)
     if count == 1:
         assert got["head_entropy"] == pytest.approx(0.0, abs=1e-6)
+
+
+def _each_document_alone(model, x: torch.Tensor, eos: int) -> tuple[float, int]:
+    """Summed CE of predicting ``x[:, 1:]`` when every document (up to and including its EOS) is run through
+    the model's own forward on its own: what attention within documents must equal."""
+    total, n = 0.0, 0
+    for row in x:
+        inputs, targets = row[:-1], row[1:]
+        cuts = [0, *[i + 1 for i in range(len(inputs) - 1) if inputs[i] == eos], len(inputs)]
+        for lo, hi in zip(cuts, cuts[1:], strict=False):
+            with torch.no_grad():
+                logits = model(inputs[lo:hi][None]).logits[0]
+            total += float(torch.nn.functional.cross_entropy(logits.double(), targets[lo:hi], reduction="sum"))
+            n += hi - lo
+    return total, n
+
+
+def test_heldout_stats_with_document_attention_see_each_document_alone(model):
+    eos = 3
+    tokens = np.random.default_rng(2).integers(4, V, size=4 * SEQ + 1)
+    tokens[[0, 5, 6, 17, 30, 40]] = eos  # documents of every length, an empty one, one across two windows
+    x = torch.from_numpy(np.stack([tokens[r * SEQ : r * SEQ + SEQ + 1] for r in range(4)]))
+    total, n = _each_document_alone(model, x, eos)
+    got = heldout_stats(model, tokens, seq_len=SEQ, k=5, max_tokens=4 * SEQ, batch_size=3, eos=eos)
+    assert got["eval_tokens"] == n
+    assert got["ce"] == pytest.approx(total / n, rel=1e-5)
+    across = heldout_stats(model, tokens, seq_len=SEQ, k=5, max_tokens=4 * SEQ, batch_size=3)
+    assert abs(across["ce"] - total / n) > 1e-3  # attention across EOS is another measurement

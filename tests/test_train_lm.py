@@ -388,3 +388,46 @@ def test_midtrain_notes_an_init_from_another_world(pretrained, env, tmp_path, ca
         )
         assert (warned in capsys.readouterr().err) is noted
         assert (out / "final").is_dir()  # noted, not refused
+
+
+# -- attention within documents ------------------------------------------------------------------------------
+
+
+def test_document_attention_trains_on_each_document_alone():
+    from test_eval_lm import _each_document_alone
+
+    from rlready.losses import TokenWeighting
+    from rlready.models import build_config, build_model
+
+    torch.manual_seed(0)
+    model = build_model(build_config("tiny", vocab_size=64, num_hidden_layers=2))
+    eos = 2
+    batch = torch.randint(3, 64, (3, 25))
+    batch[0, [4, 9, 10]] = eos
+    batch[1, [0, 23]] = eos
+    batch[2, 24] = eos  # the last target: the window holds one document
+    total, n = _each_document_alone(model, batch, eos)
+    loss, _ = lm.ShapedLMLoss(model, eos)(batch, TokenWeighting(), None, False)
+    assert n == batch[:, 1:].numel()
+    assert loss.item() == pytest.approx(total, rel=1e-5)
+    across, _ = lm.ShapedLMLoss(model)(batch, TokenWeighting(), None, False)
+    assert abs(across.item() - total) > 1e-2
+
+
+def test_document_attention_is_mid_trainings_recipe(env):
+    assert make_cfg(env, "midtrain").data.document_attention
+    assert not make_cfg(env, "pretrain").data.document_attention
+
+
+def test_document_attention_without_packed_masks_is_refused_before_out_is_touched(
+    pretrained, env, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(lm, "packed_sequence_masks", lambda: False)
+    cfg = make_cfg(env, "midtrain", **{"model.init": str(pretrained[0] / "final")})
+    with pytest.raises(config.ConfigError, match="data.document_attention needs transformers 4.54"):
+        lm.run(cfg, tmp_path / "mid")
+    assert not (tmp_path / "mid").exists()
+    cfg = make_cfg(env, "midtrain", **{"model.init": str(pretrained[0] / "final"), "train.max_steps": "1"})
+    cfg.data.document_attention = False
+    lm.run(cfg, tmp_path / "mid")  # the stage runs with windows that attend across EOS
+    assert (tmp_path / "mid" / "eval.json").is_file()

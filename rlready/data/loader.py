@@ -3,7 +3,8 @@
 The token stream (documents separated by EOS, see ``shards.py``) is cut into non-overlapping windows of
 ``seq_len`` tokens; each sample is a window plus the next token, so ``batch[:, :-1]`` are inputs and
 ``batch[:, 1:]`` targets with no token wasted at window boundaries. Documents are packed across windows,
-as in GPT-style pre-training: attention may cross an EOS, which the model learns to treat as a reset.
+as in GPT-style pre-training: attention may cross an EOS, which the model learns to treat as a reset, unless the
+run keeps each document to itself (``data.document_attention``, ``document_positions``).
 
 Every epoch shuffles the windows with a generator seeded by ``(seed, epoch)``; a global step takes the next
 ``batch_size * world_size`` windows of that order and rank ``r`` gets the ``r``-th slice of ``batch_size``.
@@ -122,3 +123,20 @@ class PackedBatches:
         ):
             raise ValueError(f"loader state has an invalid position: epoch={epoch}, step={step}")
         self.epoch, self.step = epoch, step
+
+
+def document_positions(inputs: torch.Tensor, eos: int) -> torch.Tensor:
+    """Position ids of ``inputs`` [B, T] that restart at 0 after every EOS (docs/method.md §9).
+
+    Passed as ``position_ids`` without an attention mask, they make transformers (4.54 and later) mask attention
+    across every restart, as it does for packed sequences: each document of a window attends to itself only,
+    under sdpa, eager and flex attention and flash-attention's varlen path alike. An EOS ends its document, so
+    a document's first token sits at position 0 with nothing before it, as a prompt does when it is sampled. A
+    window that starts inside a document sees that document's remainder alone.
+    """
+    if inputs.dim() != 2:
+        raise ValueError(f"inputs must be [batch, time], got shape {tuple(inputs.shape)}")
+    index = torch.arange(inputs.shape[1], device=inputs.device).expand_as(inputs)
+    starts = torch.zeros_like(index)
+    starts[:, 1:] = torch.where(inputs[:, :-1] == eos, index[:, 1:], 0)
+    return index - torch.cummax(starts, dim=1).values

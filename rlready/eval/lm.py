@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlready.data.loader import document_positions
 from rlready.eval.reasoning import InProcessScorer, eval_seed, evaluate_reasoning, local_sampler
 from rlready.losses import TokenWeighting, fused_linear_shaped_cross_entropy
 from rlready.losses.stats import LossStats
@@ -37,12 +38,27 @@ def _window_starts(n_tokens: int, seq_len: int, max_tokens: int, batch_size: int
         yield [r * seq_len for r in range(start, min(start + batch_size, n_windows))]
 
 
+def _decode(model: Any, x: torch.Tensor, eos: int | None) -> Any:
+    """The decoder's final hidden states and head on ``x``; with ``eos``, each document attends to itself only,
+    as in a run trained with ``data.document_attention``."""
+    positions = {} if eos is None else {"position_ids": document_positions(x, eos)}
+    return final_hidden_and_head(model, x, **positions)
+
+
 @torch.no_grad()
 def heldout_stats(
-    model: Any, tokens: np.ndarray, *, seq_len: int, k: int | float, max_tokens: int, batch_size: int = 16
+    model: Any,
+    tokens: np.ndarray,
+    *,
+    seq_len: int,
+    k: int | float,
+    max_tokens: int,
+    batch_size: int = 16,
+    eos: int | None = None,
 ) -> dict[str, float]:
     """Perplexity, entropy, accuracy and the top-``k`` head's mass, tail mass and renormalised entropy over up
-    to ``max_tokens`` held-out tokens (docs/method.md §7); ``k`` a count or a fraction of the vocabulary."""
+    to ``max_tokens`` held-out tokens (docs/method.md §7); ``k`` a count or a fraction of the vocabulary. With
+    ``eos`` set, documents attend to themselves only (``data.document_attention``)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -50,7 +66,7 @@ def heldout_stats(
     for starts in _window_starts(len(tokens), seq_len, max_tokens, batch_size):
         batch = np.stack([tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64)
         x = torch.from_numpy(batch).to(device)
-        h = final_hidden_and_head(model, x[:, :-1])
+        h = _decode(model, x[:, :-1], eos)
         _, stats = fused_linear_shaped_cross_entropy(
             h.hidden,
             h.weight,
@@ -82,7 +98,14 @@ ORACLE_TOKENS = 4_000_000
 
 
 def data_analysis(
-    model: Any, train: np.ndarray, heldout: np.ndarray, weighting: Any, *, seq_len: int, max_tokens: int
+    model: Any,
+    train: np.ndarray,
+    heldout: np.ndarray,
+    weighting: Any,
+    *,
+    seq_len: int,
+    max_tokens: int,
+    eos: int | None = None,
 ) -> dict[str, Any]:
     """What the data allows and where the model stands (docs/method.md §10): the fixed point of this run's
     objective on the training data's n-gram oracle, the data's shape, and the model's held-out entropy on
@@ -94,7 +117,7 @@ def data_analysis(
     result = analyse(oracle, {"run": weighting})
     kinds = position_kinds(oracle, heldout)
     return {
-        **entropy_by_kind(model, heldout, kinds, seq_len=seq_len, max_tokens=max_tokens),
+        **entropy_by_kind(model, heldout, kinds, seq_len=seq_len, max_tokens=max_tokens, eos=eos),
         "fixed_point": result["configs"]["run"],
         "oracle": {key: result[key] for key in ("order", "min_count", "tokens")} | result["oracle"],
     }
@@ -102,7 +125,14 @@ def data_analysis(
 
 @torch.no_grad()
 def entropy_by_kind(
-    model: Any, tokens: np.ndarray, kinds: np.ndarray, *, seq_len: int, max_tokens: int, batch_size: int = 16
+    model: Any,
+    tokens: np.ndarray,
+    kinds: np.ndarray,
+    *,
+    seq_len: int,
+    max_tokens: int,
+    batch_size: int = 16,
+    eos: int | None = None,
 ) -> dict[str, float]:
     """Mean next-token entropy over the held-out targets that ``kinds`` marks as forks (1) and as
     near-deterministic (0), on the windows ``heldout_stats`` uses."""
@@ -113,7 +143,7 @@ def entropy_by_kind(
     for starts in _window_starts(len(tokens), seq_len, max_tokens, batch_size):
         x = torch.from_numpy(np.stack([tokens[s : s + seq_len] for s in starts]).astype(np.int64))
         kind = torch.from_numpy(np.stack([kinds[s + 1 : s + seq_len + 1] for s in starts]))
-        h = final_hidden_and_head(model, x.to(device))
+        h = _decode(model, x.to(device), eos)
         hidden, kind = h.hidden.reshape(-1, h.hidden.shape[-1]), kind.reshape(-1).to(device)
         for lo in range(0, hidden.shape[0], 512):  # 512 rows of logits at a time: bounded memory at any V
             z = (hidden[lo : lo + 512] @ h.weight.T).float()
@@ -256,8 +286,11 @@ def periodic_eval(model: Any, data: Any, cfg: Any) -> dict[str, float]:
     """The cheap part of the end-of-stage evaluation, for curves along training: the held-out statistics of
     ``heldout_stats``, and on the synthetic world greedy knowledge and reasoning accuracy. Greedy decoding
     draws no random numbers, so evaluating does not change the training run."""
+    eos = data.tokenizer.eos_token_id if cfg.data.document_attention else None
     out: dict[str, float] = dict(
-        heldout_stats(model, data.heldout, seq_len=cfg.data.seq_len, k=cfg.loss.k, max_tokens=cfg.eval.tokens)
+        heldout_stats(
+            model, data.heldout, seq_len=cfg.data.seq_len, k=cfg.loss.k, max_tokens=cfg.eval.tokens, eos=eos
+        )
     )
     if data.world is not None:
         questions = data.world.knowledge_questions("eval")[: cfg.eval.knowledge_questions]

@@ -206,19 +206,31 @@ def load_or_build_model(
     return build_model(config, dtype=dtype, device=device)
 
 
-class ShapedLMLoss(nn.Module):
-    """Decoder -> fused shaped loss. The unit that DDP/FSDP wrap, so their hooks see the whole forward."""
+def document_eos(cfg: RunConfig, tok: Any) -> int | None:
+    """The EOS that ends a document when ``data.document_attention`` keeps documents apart, else None."""
+    return tok.eos_token_id if cfg.data.document_attention else None
 
-    def __init__(self, model: nn.Module) -> None:
+
+class ShapedLMLoss(nn.Module):
+    """Decoder -> fused shaped loss. The unit that DDP/FSDP wrap, so their hooks see the whole forward.
+
+    With ``eos`` set, each document of a packed window attends to itself only (``document_positions``).
+    """
+
+    def __init__(self, model: nn.Module, eos: int | None = None) -> None:
         super().__init__()
         self.model = model
+        self.eos = eos
 
     def forward(
         self, batch: torch.Tensor, weighting: TokenWeighting, chunk_size: int | None, need_stats: bool
     ):
+        from rlready.data.loader import document_positions
         from rlready.models.heads import final_hidden_and_head
 
-        h = final_hidden_and_head(self.model, batch[:, :-1])
+        inputs = batch[:, :-1]
+        positions = {} if self.eos is None else {"position_ids": document_positions(inputs, self.eos)}
+        h = final_hidden_and_head(self.model, inputs, **positions)
         out = fused_linear_shaped_cross_entropy(
             h.hidden,
             h.weight,
@@ -262,11 +274,27 @@ class _Setup:
     lock: RunLock | None  # held by rank 0 for the run's lifetime
 
 
+def packed_sequence_masks() -> bool:
+    """Whether this transformers masks attention between the sequences that position ids mark as packed."""
+    try:
+        from transformers import masking_utils
+    except ImportError:  # before 4.53
+        return False
+    return hasattr(masking_utils, "find_packed_sequence_indices")
+
+
 def _check_settings(cfg: RunConfig, world_size: int) -> None:
     if cfg.stage == "midtrain" and not cfg.model.init:
         raise ConfigError("midtrain needs --init MODEL_DIR (a pre-trained model)")
     if cfg.model.init and not Path(cfg.model.init).is_dir():
         raise ConfigError(f"--init {cfg.model.init!r} does not exist or is not a directory")
+    if cfg.data.document_attention and not packed_sequence_masks():
+        import transformers
+
+        raise ConfigError(
+            "data.document_attention needs transformers 4.54 or later (masks from packed position ids); "
+            f"this is {transformers.__version__}: upgrade it or pass --data.document_attention false"
+        )
     tc = cfg.train
     if tc.batch_size % world_size:
         raise ConfigError(
@@ -319,7 +347,7 @@ def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFla
     if ckpt is not None:
         loader.load_state_dict(ckpt.state["loader"])
     step, tokens = (ckpt.step, int(ckpt.state["tokens"])) if ckpt is not None else (0, 0)
-    wrapped = dist.wrap(ShapedLMLoss(model), d, fsdp=tc.fsdp)
+    wrapped = dist.wrap(ShapedLMLoss(model, document_eos(cfg, data.tokenizer)), d, fsdp=tc.fsdp)
     # After wrapping: FSDP2 replaces the parameters with sharded ones, which the optimizer must hold.
     optimizer = make_optimizer(model, cfg)
     if ckpt is not None:
@@ -520,8 +548,11 @@ def _finish(
         max_new_tokens=cfg.eval.max_new_tokens,
     )
     ev: dict[str, Any] = {"step": step, "tokens": tokens}
+    eos = document_eos(cfg, data.tokenizer)
     ev.update(
-        heldout_stats(model, data.heldout, seq_len=cfg.data.seq_len, k=cfg.loss.k, max_tokens=cfg.eval.tokens)
+        heldout_stats(
+            model, data.heldout, seq_len=cfg.data.seq_len, k=cfg.loss.k, max_tokens=cfg.eval.tokens, eos=eos
+        )
     )
     ev.update(
         data_analysis(
@@ -531,6 +562,7 @@ def _finish(
             cfg.loss.weighting(1.0),
             seq_len=cfg.data.seq_len,
             max_tokens=cfg.eval.tokens,
+            eos=eos,
         )
     )
     if data.world is not None:
