@@ -36,6 +36,7 @@ from typing import Any
 
 from rlready import recipes
 from rlready.config import LOSS_KNOBS, SCHEDULED_KNOBS, ConfigError, LossConfig, parse_k
+from rlready.data.loader import check_document_attention
 from rlready.errors import Interrupted
 from rlready.train import rundir
 from rlready.train.rundir import is_finished
@@ -560,6 +561,7 @@ def run_study(
         # Every stage's model is the pre-trained preset's, whose maximum context the chain keeps.
         resolved.model.init = None
         cfgmod.check_lengths(resolved, cfgmod.model_max_positions(resolved), f"preset {preset!r}")
+        check_document_attention(resolved)
     for c in configs:
         recipes.resolve("pretrain", preset, overrides=c.loss.to_overrides())
     settings = {

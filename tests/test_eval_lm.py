@@ -61,7 +61,9 @@ def _each_document_alone(model, x: torch.Tensor, eos: int) -> tuple[float, int]:
         for lo, hi in zip(cuts, cuts[1:], strict=False):
             with torch.no_grad():
                 logits = model(inputs[lo:hi][None]).logits[0]
-            total += float(torch.nn.functional.cross_entropy(logits.double(), targets[lo:hi], reduction="sum"))
+            total += float(
+                torch.nn.functional.cross_entropy(logits.double(), targets[lo:hi], reduction="sum")
+            )
             n += hi - lo
     return total, n
 

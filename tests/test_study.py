@@ -174,6 +174,19 @@ def test_bad_launcher_is_refused_before_anything_is_written(
     assert not (tmp_path / "study").exists()
 
 
+def test_document_attention_without_packed_masks_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mid-training's recipe keeps documents apart; an older transformers stops the study before pre-training."""
+    from rlready.data import loader
+    from rlready.study import run_study
+
+    monkeypatch.setattr(loader, "packed_sequence_masks", lambda: False)
+    with pytest.raises(ConfigError, match="data.document_attention needs transformers 4.54"):
+        run_study("tiny", tmp_path / "study")
+    assert not (tmp_path / "study").exists()
+
+
 def _fake_study(root: Path, seeds: int = 2) -> list[Job]:
     """Run directories as the stages write them, with entropies ordered as the paper reports."""
     jobs = []

@@ -16,6 +16,7 @@ import torch
 from lm_runs import make_cfg
 
 from rlready import config
+from rlready.data import loader
 from rlready.errors import Interrupted
 from rlready.train import checkpoint, lm
 from rlready.train.schedule import wsd_lr
@@ -422,7 +423,7 @@ def test_document_attention_is_mid_trainings_recipe(env):
 def test_document_attention_without_packed_masks_is_refused_before_out_is_touched(
     pretrained, env, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(lm, "packed_sequence_masks", lambda: False)
+    monkeypatch.setattr(loader, "packed_sequence_masks", lambda: False)
     cfg = make_cfg(env, "midtrain", **{"model.init": str(pretrained[0] / "final")})
     with pytest.raises(config.ConfigError, match="data.document_attention needs transformers 4.54"):
         lm.run(cfg, tmp_path / "mid")

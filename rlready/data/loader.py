@@ -140,3 +140,25 @@ def document_positions(inputs: torch.Tensor, eos: int) -> torch.Tensor:
     starts = torch.zeros_like(index)
     starts[:, 1:] = torch.where(inputs[:, :-1] == eos, index[:, 1:], 0)
     return index - torch.cummax(starts, dim=1).values
+
+
+def packed_sequence_masks() -> bool:
+    """Whether this transformers masks attention between the sequences that position ids mark as packed."""
+    try:
+        from transformers import masking_utils
+    except ImportError:  # before 4.53
+        return False
+    return hasattr(masking_utils, "find_packed_sequence_indices")
+
+
+def check_document_attention(cfg: Any) -> None:
+    """Refuse ``data.document_attention`` (a ``RunConfig``'s) where transformers cannot mask packed documents."""
+    if cfg.data.document_attention and not packed_sequence_masks():
+        import transformers
+
+        from rlready.config import ConfigError
+
+        raise ConfigError(
+            "data.document_attention needs transformers 4.54 or later (masks from packed position ids); "
+            f"this is {transformers.__version__}: upgrade it or pass --data.document_attention false"
+        )

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from rlready.config import ConfigError, RunConfig, init_world_mismatch
+from rlready.data.loader import PackedBatches, check_document_attention, document_positions
 from rlready.errors import TrainingError
 from rlready.losses import TokenWeighting, fused_linear_shaped_cross_entropy
 from rlready.train import checkpoint, dist, loop
@@ -225,7 +226,6 @@ class ShapedLMLoss(nn.Module):
     def forward(
         self, batch: torch.Tensor, weighting: TokenWeighting, chunk_size: int | None, need_stats: bool
     ):
-        from rlready.data.loader import document_positions
         from rlready.models.heads import final_hidden_and_head
 
         inputs = batch[:, :-1]
@@ -274,27 +274,12 @@ class _Setup:
     lock: RunLock | None  # held by rank 0 for the run's lifetime
 
 
-def packed_sequence_masks() -> bool:
-    """Whether this transformers masks attention between the sequences that position ids mark as packed."""
-    try:
-        from transformers import masking_utils
-    except ImportError:  # before 4.53
-        return False
-    return hasattr(masking_utils, "find_packed_sequence_indices")
-
-
 def _check_settings(cfg: RunConfig, world_size: int) -> None:
     if cfg.stage == "midtrain" and not cfg.model.init:
         raise ConfigError("midtrain needs --init MODEL_DIR (a pre-trained model)")
     if cfg.model.init and not Path(cfg.model.init).is_dir():
         raise ConfigError(f"--init {cfg.model.init!r} does not exist or is not a directory")
-    if cfg.data.document_attention and not packed_sequence_masks():
-        import transformers
-
-        raise ConfigError(
-            "data.document_attention needs transformers 4.54 or later (masks from packed position ids); "
-            f"this is {transformers.__version__}: upgrade it or pass --data.document_attention false"
-        )
+    check_document_attention(cfg)
     tc = cfg.train
     if tc.batch_size % world_size:
         raise ConfigError(
@@ -332,8 +317,6 @@ def _setup(cfg: RunConfig, out: Path, d: dist.Dist, overwrite: bool) -> _Setup |
 
 def _train(cfg: RunConfig, out: Path, d: dist.Dist, setup: _Setup, stop: StopFlag) -> dict[str, Any]:
     """The training loop: batch -> step -> log -> checkpoint, then ``final/`` and ``eval.json``."""
-    from rlready.data.loader import PackedBatches
-
     tc, data = cfg.train, setup.data
     per_rank = tc.batch_size // d.world_size
     model = load_or_build_model(cfg, data.tokenizer, setup.model_device, setup.inputs.init_model)
