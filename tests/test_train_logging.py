@@ -77,9 +77,26 @@ def wandb_records(run_file: Path):
             yield record
 
 
+def finished_records(run_file: Path, timeout: float = 60.0) -> list:
+    """The records once wandb has written the run's last one (``exit``). ``wandb.finish()`` may return
+    before wandb's service process has written the transaction log out: read it again until it is whole."""
+    from google.protobuf.message import DecodeError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = list(wandb_records(run_file))
+        except (AssertionError, DecodeError):  # not yet past its header, or a record half written
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        assert time.monotonic() < deadline, f"{run_file}: no exit record after {timeout:.0f}s"
+        time.sleep(0.1)
+
+
 def wandb_history(run_file: Path) -> list[dict]:
     rows = []
-    for record in wandb_records(run_file):
+    for record in finished_records(run_file):
         if record.WhichOneof("record_type") == "history":
             items = record.history.item
             rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in items})
