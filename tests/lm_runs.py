@@ -63,6 +63,14 @@ def venv_script(name: str) -> str:
     return found
 
 
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
+    """Poll ``predicate`` every ``interval`` seconds until it holds; fail naming ``what`` after ``timeout``."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(interval)
+
+
 def signal_when(
     cmd: list[str], out: Path, env: dict, when: Callable[[Path], bool], sig: int
 ) -> tuple[int, str]:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from lm_runs import wait_for
 from rl_scoring_helpers import process_reward
 
 from rlready.rl.scoring import RewardScorer
@@ -34,14 +35,6 @@ def running(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
-def wait_until(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.02)
-
-
 def noted_pids(directory: Path, name: str, count: int, timeout_s: float = 10.0) -> list[int]:
     """The pids that ``count`` processes wrote as ``directory/name-<pid>``."""
     files: list[Path] = []
@@ -50,7 +43,7 @@ def noted_pids(directory: Path, name: str, count: int, timeout_s: float = 10.0) 
         files[:] = sorted(directory.glob(f"{name}-*"))
         return len(files) >= count
 
-    wait_until(found, timeout_s, f"{count} {name} pid file(s) in {directory}")
+    wait_for(found, timeout_s, f"{count} {name} pid file(s) in {directory}", interval=0.02)
     return [int(f.read_text()) for f in files]
 
 
@@ -73,7 +66,7 @@ def test_close_ends_the_rewards_grandchildren(tmp_path: Path, start_method: str)
             assert scorer.score([f"fork:{tmp_path}"], [""]) == ([1.0], 0)
             pids = noted_pids(tmp_path, "grandchild", 1)
             assert running(pids[0])
-        wait_until(lambda: not running(pids[0]), 3.0, "the grandchild to end after close()")
+        wait_for(lambda: not running(pids[0]), 3.0, "the grandchild to end after close()", interval=0.02)
     finally:
         kill_leftovers(pids)
 
@@ -89,7 +82,12 @@ def test_replacing_a_worker_ends_its_grandchildren(tmp_path: Path, action: str, 
             assert scorer.score(["ok"], [""]) == ([1.0], 0)  # the worker is up: timing starts now
             assert scorer.score([f"{action}:{tmp_path}"], [""]) == ([0.0], failures)
             pids = noted_pids(tmp_path, "grandchild", 1)
-            wait_until(lambda: not running(pids[0]), 3.0, "the grandchild to end after the replacement")
+            wait_for(
+                lambda: not running(pids[0]),
+                3.0,
+                "the grandchild to end after the replacement",
+                interval=0.02,
+            )
             assert scorer.score(["ok", "ok"], ["", ""]) == ([1.0, 1.0], 0)  # the new worker scores
     finally:
         kill_leftovers(pids)
@@ -149,7 +147,7 @@ def test_workers_end_quietly_when_the_trainer_is_killed(tmp_path: Path, mode: st
             time.sleep(0.2)
         parent.kill()
         parent.wait()
-        wait_until(lambda: not any(running(pid) for pid in workers), 5.0, "the workers to end")
+        wait_for(lambda: not any(running(pid) for pid in workers), 5.0, "the workers to end", interval=0.02)
         time.sleep(0.1)  # anything a dying worker wrote has landed
         assert "Traceback" not in stderr_path.read_text(), stderr_path.read_text()
     finally:
@@ -203,7 +201,7 @@ def test_ctrl_c_prints_no_worker_tracebacks(tmp_path: Path) -> None:
         out, _ = parent.communicate(timeout=20)
         assert out.strip() == "interrupted", stderr_path.read_text()
         assert parent.returncode == 0
-        wait_until(lambda: not any(running(pid) for pid in workers), 5.0, "the workers to end")
+        wait_for(lambda: not any(running(pid) for pid in workers), 5.0, "the workers to end", interval=0.02)
         time.sleep(0.1)
         assert "Traceback" not in stderr_path.read_text(), stderr_path.read_text()
     finally:

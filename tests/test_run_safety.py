@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lm_runs import SMALL, venv_script
+from lm_runs import SMALL, venv_script, wait_for
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -25,13 +25,6 @@ def stage_args(env: Path, **extra: str) -> list[str]:
 
 def proc_env(env: Path) -> dict[str, str]:
     return dict(os.environ, RLREADY_CACHE=str(env / "cache"), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def alive(pid: int) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lm_runs import make_cfg
+from lm_runs import make_cfg, wait_for
 
 from rlready.train import lm
 from rlready.train.logger import RunLogger
@@ -82,16 +82,17 @@ def finished_records(run_file: Path, timeout: float = 60.0) -> list:
     before wandb's service process has written the transaction log out: read it again until it is whole."""
     from google.protobuf.message import DecodeError
 
-    deadline = time.monotonic() + timeout
-    while True:
+    records: list = []
+
+    def whole() -> bool:
         try:
-            records = list(wandb_records(run_file))
+            records[:] = wandb_records(run_file)
         except (AssertionError, DecodeError):  # not yet past its header, or a record half written
-            records = []
-        if any(r.WhichOneof("record_type") == "exit" for r in records):
-            return records
-        assert time.monotonic() < deadline, f"{run_file}: no exit record after {timeout:.0f}s"
-        time.sleep(0.1)
+            records.clear()
+        return any(r.WhichOneof("record_type") == "exit" for r in records)
+
+    wait_for(whole, timeout, f"the exit record of {run_file}", interval=0.1)
+    return records
 
 
 def wandb_history(run_file: Path) -> list[dict]:
