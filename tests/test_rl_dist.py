@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lm_runs import venv_script
+from lm_runs import venv_script, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -139,10 +139,9 @@ def _stop_after_a_checkpoint(cmd: list[str], out: Path, how: str) -> str:
     assert first.returncode != 0 and len(workers) == 2, f"the run was not stopped mid-way: {err[-2000:]}"
     # No worker runs on: killed, or ended by the SIGTERM that torchrun forwards or its death gives them (their
     # stderr is torchrun's, so ``communicate`` above waited for them to close it).
-    end = time.monotonic() + 60
-    while any(map(_running, workers)) and time.monotonic() < end:
-        time.sleep(0.1)
-    assert not any(map(_running, workers)), f"workers {workers} still run after torchrun ended"
+    wait_for(
+        lambda: not any(map(_running, workers)), 60, f"workers {workers} to end after torchrun", interval=0.1
+    )
     if how in ("term", "one"):  # (torchrun adds a traceback of its own when a worker exits with an error)
         assert "rlready: interrupted at step" in err, err[-2000:]
     assert not (out / "eval.json").exists()
