@@ -52,24 +52,26 @@ def _cpu_pretrain(**train: Any) -> RunConfig:
 
 
 def _tiny_pretrain() -> RunConfig:
-    # Arithmetic with one-digit operands and at most two operations: what a ~1M-parameter model learns in
-    # minutes, so that RL starts with a non-zero success rate.
+    # Arithmetic with operands up to 11 and at most two operations: what a ~1M-parameter model learns in
+    # minutes, so that RL starts with a non-zero success rate. Up to 11 rather than 9: with more numbers to
+    # choose from, guessing a problem's number pays less and copying it more, and mid-trained seeds then
+    # differ less (docs/method.md §9; BENCHMARKS.md, "Preset sizing notes").
     cpu = _cpu_pretrain(checkpoint_every=300)
     return replace(
         cpu,
-        data=replace(cpu.data, world_chars=4_000_000, reasoning_max_steps=2, reasoning_max_operand=9),
+        data=replace(cpu.data, world_chars=4_000_000, reasoning_max_steps=2, reasoning_max_operand=11),
         eval=EvalConfig(tokens=32768, knowledge_questions=100, reasoning_problems=32, samples=8, pass_k=4),
     )
 
 
 def _small_pretrain() -> RunConfig:
-    # About twice tiny's model on tiny's recipe and token budget, with problems of up to three steps: harder
-    # problems leave the mid-trained model more to learn, so RL has room to find more than on two-step ones
-    # (BENCHMARKS.md, "Preset sizing notes").
+    # About twice tiny's model on tiny's recipe and token budget, with problems of up to three steps and
+    # operands up to 9: harder problems leave the mid-trained model more to learn, so RL has room to find more
+    # than on two-step ones (BENCHMARKS.md, "Preset sizing notes").
     tiny = _tiny_pretrain()
     return replace(
         tiny,
-        data=replace(tiny.data, reasoning_max_steps=3),
+        data=replace(tiny.data, reasoning_max_steps=3, reasoning_max_operand=9),
         eval=replace(
             tiny.eval, tokens=65536, knowledge_questions=200, reasoning_problems=64, max_new_tokens=72
         ),
@@ -179,18 +181,18 @@ def _tiny_rl() -> RunConfig:
         # (BENCHMARKS.md, "Preset sizing notes").
         lr=2e-5,
         checkpoint_every=10,
-        # Problems of at most two steps with one-digit operands, as in pre-/mid-training.
+        # Problems of at most two steps with operands up to 11, as in pre-/mid-training.
         rl=RLConfig(
             prompts_per_step=8,
             group_size=16,
             minibatches=4,
             micro_batch=64,
-            max_new_tokens=48,  # a retold two-step solution is about 40 tokens
+            max_new_tokens=48,  # a retold two-step solution is at most about 46 tokens
             max_rounds=8,
             eval_every=0,
             train_problems=512,
             task_max_steps=2,
-            task_max_operand=9,
+            task_max_operand=11,
         ),
         # 32 samples per problem: Avg@32 and a Pass@k curve up to k = 32 (docs/method.md §7); mid-training's
         # evaluation copies these settings.
@@ -199,11 +201,13 @@ def _tiny_rl() -> RunConfig:
 
 
 def _small_rl() -> RunConfig:
-    # tiny's RL on small's three-step problems, with room for their longer solutions; 128 held-out problems.
+    # tiny's RL on small's problems (three steps, operands up to 9), with room for their longer solutions;
+    # 128 held-out problems.
     tiny = _tiny_rl()
     return replace(
         tiny,
-        rl=replace(tiny.rl, task_max_steps=3, max_new_tokens=72),  # a retold three-step solution: up to ~65
+        # a retold three-step solution: up to ~65 tokens
+        rl=replace(tiny.rl, task_max_steps=3, task_max_operand=9, max_new_tokens=72),
         eval=replace(tiny.eval, reasoning_problems=128, max_new_tokens=72),
     )
 

@@ -177,6 +177,19 @@ def test_midtrain_defaults_follow_the_paper_recipe():
     assert (mid.train.warmup_steps, mid.train.decay_fraction) == (0, 1.0)
 
 
+@pytest.mark.parametrize(("preset", "max_operand"), [("tiny", 11), ("small", 9)])
+def test_every_stage_draws_the_same_problems(preset, max_operand):
+    # Mid-training's held-out numbers are RL's starting point only if both draw the same kind of problem, and
+    # pre-training teaches the copying those problems need.
+    pre, mid, rl = (recipes.resolve(stage, preset) for stage in config.STAGES)
+    drawn = {
+        (pre.data.reasoning_max_steps, pre.data.reasoning_max_operand),
+        (mid.data.reasoning_max_steps, mid.data.reasoning_max_operand),
+        (rl.rl.task_max_steps, rl.rl.task_max_operand),
+    }
+    assert drawn == {(pre.data.reasoning_max_steps, max_operand)}
+
+
 @pytest.mark.parametrize(
     ("overrides", "names"),
     [
