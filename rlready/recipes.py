@@ -53,9 +53,9 @@ def _cpu_pretrain(**train: Any) -> RunConfig:
 
 def _tiny_pretrain() -> RunConfig:
     # Arithmetic with operands up to 11 and at most two operations: what a ~1M-parameter model learns in
-    # minutes, so that RL starts with a non-zero success rate. Up to 11 rather than 9: with more numbers to
-    # choose from, guessing a problem's number pays less and copying it more, and mid-trained seeds then
-    # differ less (docs/method.md §9; BENCHMARKS.md, "Preset sizing notes").
+    # minutes, so that RL starts with a non-zero success rate. Up to 11 rather than 9: mid-trained seeds then
+    # differ less, presumably because with more numbers to choose from guessing a problem's number pays less
+    # and copying it more (docs/method.md §9; BENCHMARKS.md, "Preset sizing notes").
     cpu = _cpu_pretrain(checkpoint_every=300)
     return replace(
         cpu,
