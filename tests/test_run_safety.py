@@ -167,8 +167,10 @@ def test_sigterm_during_rl_start_up_or_its_first_evaluation_exits_3_with_the_mes
         timeout=300,
     )
     out = tmp_path / "rl"
-    cmd = [rlready, "rl", "--init", str(pre / "final"), "--out", str(out), "--eval.reasoning_problems", "64"]
-    cmd += ["--eval.samples", "8", "--eval.pass_k", "4", "--eval.max_new_tokens", "24"]
+    # An initial evaluation of several seconds even on an idle machine, so that the last delay lands in it
+    # (a signal there raises at once, so its length costs nothing).
+    cmd = [rlready, "rl", "--init", str(pre / "final"), "--out", str(out), "--eval.reasoning_problems", "256"]
+    cmd += ["--eval.samples", "16", "--eval.pass_k", "4", "--eval.max_new_tokens", "48"]
     cmd += ["--log.progress", "lines"]
     rl = subprocess.Popen(cmd, env=proc_env(env), stderr=subprocess.PIPE, text=True)
     try:
